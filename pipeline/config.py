@@ -1,0 +1,280 @@
+"""Typed, validated views of params.yaml.
+
+Every stage reads only its own section through one of the ``*Config.from_section`` constructors
+below. They check every value before any work starts and raise :class:`ConfigError` naming the
+key, the offending value and what is allowed, so a bad ``dvc exp run -S`` fails in a second
+instead of after an hour of compute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+CURVE_TYPES = ("line", "quadratic", "circle")
+BIT_DEPTHS = (0, 8, 16)
+DATA_SOURCES = ("simulate", "official")
+QINIT_MEASUREMENTS = ("frames", "phi_gt")
+SPLIT_NAMES = ("train", "val", "test")
+MAX_TARGETS = 8  # four cardinal plus four diagonal directions
+
+
+class ConfigError(ValueError):
+    """An invalid params.yaml value; the message names the key, the value and what is allowed."""
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """Read params.yaml as a plain dict; a missing or unparsable file names the file."""
+    path = Path(path)
+    try:
+        with path.open() as handle:
+            params = yaml.safe_load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: parameter file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def section(params: Mapping, name: str) -> Mapping:
+    """One top-level section of params, or a ConfigError naming the missing section."""
+    if name not in params or not isinstance(params[name], Mapping):
+        raise ConfigError(f"params.yaml has no section '{name}' (a mapping is required)")
+    return params[name]
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: {allowed}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(key: str, value: Any, lower: float | None = None, *, strict: bool = False,
+            upper: float | None = None) -> float:
+    _require(_is_number(value), key, value, "a finite number is required")
+    if lower is not None:
+        ok = value > lower if strict else value >= lower
+        _require(ok, key, value, f"must be {'>' if strict else '>='} {lower}")
+    if upper is not None:
+        _require(value <= upper, key, value, f"must be <= {upper}")
+    return float(value)
+
+
+def _integer(key: str, value: Any, lower: int | None = None) -> int:
+    _require(_is_int(value), key, value, "an integer is required")
+    if lower is not None:
+        _require(value >= lower, key, value, f"must be an integer >= {lower}")
+    return int(value)
+
+
+def _choice(key: str, value: Any, allowed: Sequence) -> Any:
+    _require(value in allowed, key, value, f"allowed values are {list(allowed)}")
+    return value
+
+
+def _interval(key: str, value: Any, lower: float | None = None, *, strict: bool = False) -> tuple[float, float]:
+    _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2,
+             key, value, "a list [low, high] is required")
+    low = _number(f"{key}[0]", value[0], lower, strict=strict)
+    high = _number(f"{key}[1]", value[1], lower, strict=strict)
+    _require(low <= high, key, value, "low must not exceed high")
+    return low, high
+
+
+def _check_keys(name: str, given: Mapping, cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]} is not a known key; allowed keys are {sorted(known)}")
+    missing = sorted(known - set(given))
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]} is missing (required keys: {sorted(known)})")
+
+
+def _build(cls: type, name: str, given: Mapping, checks: Mapping[str, Callable[[str, Any], Any]]):
+    """Check the keys of a section, convert each value with its check, build the dataclass."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"section '{name}' must be a mapping, got {given!r}")
+    _check_keys(name, given, cls)
+    return cls(**{key: check(f"{name}.{key}", given[key]) for key, check in checks.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    """The SeqCSIST simulator (paper section III); lengths in LR pixels, brightness in counts."""
+
+    seed: int
+    trajectories: int
+    frames: int
+    size: int
+    psf_sigma: float
+    k_min: int
+    k_max: int
+    distance: float
+    step: float
+    drift_max: float
+    brightness: tuple[float, float]
+    curves: tuple[str, ...]
+    line_slope_max: float
+    quadratic_curvature_max: float
+    circle_radius: tuple[float, float]
+    noise_sigma: float
+    bit_depth: int
+    saturate: bool
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
+        def curves(key, value):
+            _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+                     key, value, f"a non-empty list drawn from {list(CURVE_TYPES)} is required")
+            for i, curve in enumerate(value):
+                _choice(f"{key}[{i}]", curve, CURVE_TYPES)
+            return tuple(value)
+
+        def boolean(key, value):
+            _require(isinstance(value, bool), key, value, "true or false is required")
+            return value
+
+        config = _build(cls, name, given, {
+            "seed": lambda k, v: _integer(k, v, 0),
+            "trajectories": lambda k, v: _integer(k, v, 1),
+            "frames": lambda k, v: _integer(k, v, 1),
+            "size": lambda k, v: _integer(k, v, 3),
+            "psf_sigma": lambda k, v: _number(k, v, 0.0, strict=True),
+            "k_min": lambda k, v: _integer(k, v, 1),
+            "k_max": lambda k, v: _integer(k, v, 1),
+            "distance": lambda k, v: _number(k, v, 0.0),
+            "step": lambda k, v: _number(k, v, 0.0),
+            "drift_max": lambda k, v: _number(k, v, 0.0),
+            "brightness": lambda k, v: _interval(k, v, 0.0, strict=True),
+            "curves": curves,
+            "line_slope_max": lambda k, v: _number(k, v, 0.0),
+            "quadratic_curvature_max": lambda k, v: _number(k, v, 0.0),
+            "circle_radius": lambda k, v: _interval(k, v, 0.0, strict=True),
+            "noise_sigma": lambda k, v: _number(k, v, 0.0),
+            "bit_depth": lambda k, v: _choice(k, v, BIT_DEPTHS),
+            "saturate": boolean,
+        })
+        _require(config.size % 2 == 1, f"{name}.size", config.size, "must be odd (the group starts on a pixel centre)")
+        _require(config.k_min <= config.k_max, f"{name}.k_min", config.k_min,
+                 f"must not exceed {name}.k_max = {config.k_max}")
+        _require(config.k_max <= MAX_TARGETS, f"{name}.k_max", config.k_max,
+                 f"at most {MAX_TARGETS} (one target per compass direction)")
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class PhiConfig:
+    """The sampling matrix: sub-pixel ratio c (odd) and dblquad tolerances."""
+
+    c: int
+    epsabs: float
+    epsrel: float
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "phi") -> "PhiConfig":
+        config = _build(cls, name, given, {
+            "c": lambda k, v: _integer(k, v, 1),
+            "epsabs": lambda k, v: _number(k, v, 0.0, strict=True),
+            "epsrel": lambda k, v: _number(k, v, 0.0, strict=True),
+        })
+        _require(config.c % 2 == 1, f"{name}.c", config.c, "must be a positive odd integer (1, 3, 5, ...)")
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the frames come from: the simulator, or an unpacked official SeqCSIST tree."""
+
+    source: str
+    official_root: str | None
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "data") -> "DataConfig":
+        def root(key, value):
+            _require(value is None or (isinstance(value, str) and value != ""), key, value,
+                     "null or a path to a folder holding track_5000_20/")
+            return value
+
+        config = _build(cls, name, given, {
+            "source": lambda k, v: _choice(k, v, DATA_SOURCES),
+            "official_root": root,
+        })
+        if config.source == "official":
+            _require(config.official_root is not None, f"{name}.official_root", None,
+                     f"a path is required when {name}.source is 'official'")
+            _require(Path(config.official_root).is_dir(), f"{name}.official_root", config.official_root,
+                     "the folder does not exist")
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Trajectory-level split fractions (train, val, test) and its seed."""
+
+    seed: int
+    fractions: tuple[float, float, float]
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "split") -> "SplitConfig":
+        def fractions(key, value):
+            _require(isinstance(value, Mapping) and set(value) == set(SPLIT_NAMES), key, value,
+                     f"a mapping with exactly the keys {list(SPLIT_NAMES)} is required")
+            parts = tuple(_number(f"{key}.{s}", value[s], 0.0, upper=1.0) for s in SPLIT_NAMES)
+            _require(abs(sum(parts) - 1.0) < 1e-9, key, dict(value), f"must sum to 1 (they sum to {sum(parts):g})")
+            _require(parts[0] > 0 and parts[2] > 0, key, dict(value), "train and test must be non-empty")
+            return parts
+
+        return _build(cls, name, given, {
+            "seed": lambda k, v: _integer(k, v, 0),
+            "fractions": fractions,
+        })
+
+
+@dataclasses.dataclass(frozen=True)
+class QinitConfig:
+    """Q_init = argmin ||Q Z - S||: Z the training frames ('frames') or Phi S as shipped ('phi_gt')."""
+
+    measurements: str
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "qinit") -> "QinitConfig":
+        return _build(cls, name, given, {"measurements": lambda k, v: _choice(k, v, QINIT_MEASUREMENTS)})
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length."""
+
+    brightness_threshold: float
+    distance_thresholds: tuple[float, ...]
+    window: int
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "evaluate") -> "EvaluateConfig":
+        def thresholds(key, value):
+            _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+                     key, value, "a non-empty list of positive distances (LR px) is required")
+            return tuple(_number(f"{key}[{i}]", v, 0.0, strict=True) for i, v in enumerate(value))
+
+        config = _build(cls, name, given, {
+            "brightness_threshold": lambda k, v: _number(k, v, 0.0),
+            "distance_thresholds": thresholds,
+            "window": lambda k, v: _integer(k, v, 1),
+        })
+        _require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
+        return config
