@@ -1,0 +1,146 @@
+"""The SeqCSIST simulator (papers/001 section III, DESIGN.md "Simulation").
+
+Per trajectory: a reference point starts at (x0, f(x0)), x0 an integer off the image border, and
+moves ``step`` px per frame along x (forwards if x0 is left of the centre, else backwards),
+staying on a random curve f (line, quadratic, circle arc). K targets sit in K distinct compass
+directions at ``distance`` px from it and drift outward by U(0, ``drift_max``) px each frame.
+Frames are rendered from the continuous positions with the closed-form pixel integral, then the
+sensor model adds Gaussian noise and quantises. Everything is vectorised over trajectories and
+frames, and every random draw comes from one ``numpy.random.Generator`` seeded by ``seed``.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ConfigError, SimulateConfig
+from pipeline.physics import render_batch
+
+_DIAGONAL = 1.0 / np.sqrt(2.0)
+# (dx, dy) unit vectors: up, down, left, right (x is the row), then the four diagonals.
+DIRECTIONS = np.array([
+    [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0],
+    [-_DIAGONAL, -_DIAGONAL], [-_DIAGONAL, _DIAGONAL], [_DIAGONAL, -_DIAGONAL], [_DIAGONAL, _DIAGONAL],
+])
+CARDINAL = 4
+
+
+def _check_geometry(config: SimulateConfig) -> None:
+    """Cross-key checks: the path must stay on the circle and inside the field of view."""
+    travel = config.step * (config.frames - 1)
+    if "circle" in config.curves and config.circle_radius[0] <= 2 * travel:
+        raise ConfigError(
+            f"simulate.circle_radius = {list(config.circle_radius)} is invalid: the low end must exceed "
+            f"2 * step * (frames - 1) = {2 * travel:g} so the path stays on the arc")
+    if config.size < 3:
+        raise ConfigError(f"simulate.size = {config.size} is invalid: at least 3 (x0 avoids the border)")
+
+
+def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndarray,
+                   n: int) -> np.ndarray:
+    """y(x0 + dx) - y(x0) for each trajectory's random curve; dx (T, F) -> (T, F)."""
+    kind = rng.integers(0, len(config.curves), n)
+    slope = rng.uniform(-config.line_slope_max, config.line_slope_max, n)
+    curvature = rng.uniform(-config.quadratic_curvature_max, config.quadratic_curvature_max, n)
+    radius = rng.uniform(*config.circle_radius, n)
+    centre_shift = rng.uniform(-0.5, 0.5, n) * radius  # x0 - x_centre of the circle
+    bulge = rng.choice([-1.0, 1.0], n)  # upper or lower half of the circle
+    line = slope[:, None] * dx
+    quadratic = line + curvature[:, None] * dx ** 2
+    along = centre_shift[:, None] + dx
+    circle = bulge[:, None] * (np.sqrt(radius[:, None] ** 2 - along ** 2)
+                               - np.sqrt(radius ** 2 - centre_shift ** 2)[:, None])
+    by_type = {"line": line, "quadratic": quadratic, "circle": circle}
+    names = np.array(config.curves)[kind]
+    offsets = np.zeros_like(dx)
+    for name, values in by_type.items():
+        offsets = np.where((names == name)[:, None], values, offsets)
+    return offsets
+
+
+def sensor(images: np.ndarray, config: SimulateConfig, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise, then quantisation (round) and saturation at 2^bits - 1.
+
+    Integer bit depths also clip at 0 (an unsigned sensor); bit depth 0 keeps float values.
+    """
+    if config.noise_sigma > 0:
+        images = images + rng.normal(0.0, config.noise_sigma, images.shape)
+    if config.bit_depth:
+        full_scale = 2.0 ** config.bit_depth - 1.0
+        images = np.clip(np.round(images), 0.0, full_scale if config.saturate else None)
+    return images.astype(np.float32)
+
+
+def simulate_arrays(config: SimulateConfig) -> dict[str, np.ndarray]:
+    """Simulate all trajectories as arrays.
+
+    Returns x, y, brightness, active (T, F, K_max) target arrays in LR px / counts (inactive
+    slots are 0), n_targets (T,), and images (T, F, size, size) float32 after the sensor model.
+    """
+    _check_geometry(config)
+    rng = np.random.default_rng(config.seed)
+    n, frames, k_max = config.trajectories, config.frames, config.k_max
+    centre = (config.size - 1) / 2
+    x0 = rng.integers(1, config.size - 1, n).astype(np.float64)
+    y0 = rng.uniform(1.0, config.size - 2.0, n)
+    heading = np.where(x0 < centre, 1.0, -1.0)
+    dx = heading[:, None] * config.step * np.arange(frames)[None, :]  # (T, F)
+    ref_x = x0[:, None] + dx
+    ref_y = y0[:, None] + _curve_offsets(config, rng, dx, n)
+
+    n_targets = rng.integers(config.k_min, k_max + 1, n)
+    n_directions = CARDINAL if k_max <= CARDINAL else len(DIRECTIONS)
+    direction_index = np.argsort(rng.random((n, n_directions)), axis=1)[:, :k_max]  # (T, K)
+    direction = DIRECTIONS[direction_index]  # (T, K, 2)
+    drift = rng.uniform(0.0, config.drift_max, (n, frames, k_max))
+    drift[:, 0] = 0.0
+    radius = config.distance + np.cumsum(drift, axis=1)  # (T, F, K)
+    brightness = rng.uniform(*config.brightness, (n, k_max))
+    active = np.arange(k_max)[None, :] < n_targets[:, None]  # (T, K)
+
+    x = ref_x[:, :, None] + radius * direction[:, None, :, 0]
+    y = ref_y[:, :, None] + radius * direction[:, None, :, 1]
+    active_tfk = np.broadcast_to(active[:, None, :], x.shape)
+    b = np.where(active_tfk, brightness[:, None, :], 0.0)
+    x, y = np.where(active_tfk, x, 0.0), np.where(active_tfk, y, 0.0)
+    clean = render_batch(x.reshape(n * frames, k_max), y.reshape(n * frames, k_max),
+                         b.reshape(n * frames, k_max), config.size, config.psf_sigma)
+    images = sensor(clean, config, rng).reshape(n, frames, config.size, config.size)
+    return {"x": x, "y": y, "brightness": b, "active": active_tfk, "n_targets": n_targets, "images": images}
+
+
+def to_tables(arrays: Mapping[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Frames and targets tables (the data contract) from ``simulate_arrays`` output."""
+    images = arrays["images"]
+    n, frames = images.shape[:2]
+    trajectory, frame = np.meshgrid(np.arange(n), np.arange(frames), indexing="ij")
+    flat_images = images.reshape(n * frames, -1)
+    frames_df = pd.DataFrame({
+        "trajectory": trajectory.ravel().astype(np.int64),
+        "frame": frame.ravel().astype(np.int64),
+        "image": list(flat_images),
+        "n_targets": np.repeat(arrays["n_targets"], frames).astype(np.int64),
+    })
+    t, f, k = np.nonzero(arrays["active"])
+    targets_df = pd.DataFrame({
+        "trajectory": t.astype(np.int64),
+        "frame": f.astype(np.int64),
+        "target": k.astype(np.int64),
+        "x": arrays["x"][t, f, k],
+        "y": arrays["y"][t, f, k],
+        "brightness": arrays["brightness"][t, f, k],
+    })
+    return frames_df, targets_df
+
+
+def simulate(section: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate the dataset from the ``simulate`` section of params.yaml.
+
+    Returns (frames, targets): frames has columns trajectory, frame, image (size^2 float32
+    values, row-major), n_targets; targets has trajectory, frame, target, x, y (LR px, x = row),
+    brightness. The same section gives byte-identical tables.
+    """
+    config = section if isinstance(section, SimulateConfig) else SimulateConfig.from_section(section)
+    return to_tables(simulate_arrays(config))

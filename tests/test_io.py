@@ -1,0 +1,105 @@
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import SplitConfig
+from pipeline.io import (DataFileError, atomic_path, frame_index, parse_annotation, read_frame_images,
+                         read_frames, read_official_tree, read_targets, write_frames,
+                         write_official_archive, write_table)
+from pipeline.simulate import simulate
+from pipeline.split import make_split
+
+
+@pytest.fixture()
+def dataset(small_simulate, params):
+    frames, targets = simulate(small_simulate)
+    split = make_split(frames, SplitConfig.from_section(params["split"]))
+    return frames, targets, split
+
+
+def test_parquet_round_trip(tmp_path, dataset):
+    frames, targets, _ = dataset
+    write_frames(frames, tmp_path / "frames.parquet")
+    write_table(targets, tmp_path / "targets.parquet")
+    back = read_frames(tmp_path / "frames.parquet")
+    assert np.array_equal(np.stack(back["image"]), np.stack(frames["image"]))
+    pd.testing.assert_frame_equal(back.drop(columns="image"), frames.drop(columns="image"))
+    pd.testing.assert_frame_equal(read_targets(tmp_path / "targets.parquet"), targets)
+    assert read_frame_images(tmp_path / "frames.parquet").shape == (len(frames), 11, 11)
+    assert list(frame_index(tmp_path / "frames.parquet").columns) == ["trajectory", "frame", "n_targets"]
+
+
+def test_same_data_same_file_bytes(tmp_path, dataset):
+    frames, targets, split = dataset
+    for name in ("a", "b"):
+        write_frames(frames, tmp_path / f"{name}.parquet")
+        write_official_archive(frames, targets, split, tmp_path / f"{name}.tar.gz", sigma=0.5)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+
+
+def test_official_layout_round_trip(tmp_path, dataset, small_simulate):
+    frames, targets, split = dataset
+    archive = tmp_path / "official.tar.gz"
+    write_official_archive(frames, targets, split, archive, sigma=0.5, dataset_dir="track_12_20")
+    with tarfile.open(archive) as packed:
+        names = packed.getnames()
+        packed.extractall(tmp_path / "tree", filter="data")
+    n_test = (split["split"] == "test").sum() * small_simulate["frames"]
+    assert f"track_12_20/test/image/image_{n_test - 1}.png" in names
+    assert f"track_12_20/test/annotation/COS{n_test - 1}.xml" in names
+
+    imported, imported_targets = read_official_tree(tmp_path / "tree", small_simulate["frames"])
+    # ids restart per split and trajectories are renumbered split by split: map ours the same way
+    rank = {"train": 0, "val": 1, "test": 2}
+    order = split.assign(rank=split["split"].map(rank)).sort_values(["rank", "trajectory"])
+    renumber = dict(zip(order["trajectory"], range(len(order))))
+    expected = frames.assign(trajectory=frames["trajectory"].map(renumber))
+    expected = expected.sort_values(["trajectory", "frame"], ignore_index=True)
+    assert np.array_equal(np.stack(imported["image"]), np.stack(expected["image"]))
+    pd.testing.assert_frame_equal(imported[["trajectory", "frame", "n_targets"]],
+                                  expected[["trajectory", "frame", "n_targets"]])
+    expected_targets = targets.assign(trajectory=targets["trajectory"].map(renumber))
+    expected_targets = expected_targets.sort_values(["trajectory", "frame", "target"], ignore_index=True)
+    expected_targets["target"] = expected_targets.groupby(["trajectory", "frame"]).cumcount()
+    pd.testing.assert_frame_equal(imported_targets, expected_targets)
+    # the given split is kept
+    given = make_split(imported, SplitConfig(seed=0, fractions=(0.7, 0.15, 0.15)))
+    assert given["split"].value_counts().to_dict() == split["split"].value_counts().to_dict()
+
+
+def test_annotation_schema(tmp_path, dataset):
+    frames, targets, split = dataset
+    archive = tmp_path / "official.tar.gz"
+    write_official_archive(frames, targets, split, archive, sigma=0.5, dataset_dir="d")
+    with tarfile.open(archive) as packed:
+        xml = packed.extractfile("d/train/annotation/COS0.xml").read()
+    text = xml.decode()
+    for tag in ("<filename>COS0</filename>", "<width>11</width>", "<depth>1</depth>", "<sigma>0.5</sigma>",
+                "<name>Target</name>", "<xc>", "<yc>", "<brightness>"):
+        assert tag in text
+    rows, size, sigma = parse_annotation(xml, "COS0.xml")
+    assert size == 11 and sigma == 0.5 and rows.shape[1] == 3
+
+
+def test_corrupt_files_are_named(tmp_path):
+    bad = tmp_path / "frames.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(DataFileError, match="frames.parquet: not a readable Parquet file"):
+        read_frames(bad)
+    with pytest.raises(DataFileError, match="missing.parquet: file not found"):
+        read_targets(tmp_path / "missing.parquet")
+    with pytest.raises(DataFileError, match="COS3.xml: not a valid SeqCSIST annotation"):
+        parse_annotation(b"<annotation><object>", "COS3.xml")
+
+
+def test_interrupted_write_leaves_no_output(tmp_path):
+    target = tmp_path / "out.npy"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []

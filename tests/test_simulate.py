@@ -1,0 +1,109 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ConfigError, SimulateConfig
+from pipeline.physics import render
+from pipeline.simulate import simulate, simulate_arrays
+
+
+def test_tables_follow_the_data_contract(small_simulate):
+    frames, targets = simulate(small_simulate)
+    assert list(frames.columns) == ["trajectory", "frame", "image", "n_targets"]
+    assert list(targets.columns) == ["trajectory", "frame", "target", "x", "y", "brightness"]
+    assert len(frames) == 12 * small_simulate["frames"]
+    assert frames["image"].iat[0].shape == (121,) and frames["image"].iat[0].dtype == np.float32
+    counts = targets.groupby(["trajectory", "frame"]).size().to_numpy()
+    assert np.array_equal(counts, frames["n_targets"].to_numpy())
+
+
+def test_same_params_same_bytes_and_seed_matters(small_simulate):
+    a_frames, a_targets = simulate(small_simulate)
+    b_frames, b_targets = simulate(small_simulate)
+    assert np.array_equal(np.stack(a_frames["image"]), np.stack(b_frames["image"]))
+    pd.testing.assert_frame_equal(a_targets, b_targets)
+    c_frames, _ = simulate({**small_simulate, "seed": small_simulate["seed"] + 1})
+    assert not np.array_equal(np.stack(a_frames["image"]), np.stack(c_frames["image"]))
+
+
+def test_counts_spacing_brightness_and_field_of_view(params):
+    config = SimulateConfig.from_section({**params["simulate"], "trajectories": 200})
+    sim = simulate_arrays(config)
+    active = sim["active"][:, 0]  # (T, K)
+    k = active.sum(axis=1)
+    assert set(np.unique(k)) == set(range(config.k_min, config.k_max + 1))
+    x, y = sim["x"], sim["y"]
+    # targets start `distance` from the reference in distinct directions: gaps 0.3*sqrt(2) or 0.6
+    gaps = np.hypot(x[:, 0, :, None] - x[:, 0, None, :], y[:, 0, :, None] - y[:, 0, None, :])
+    pair = active[:, :, None] & active[:, None, :] & ~np.eye(config.k_max, dtype=bool)[None]
+    assert np.allclose(np.unique(np.round(gaps[pair], 9)), [0.3 * np.sqrt(2), 0.6])
+    brightness = sim["brightness"][sim["active"]]
+    assert brightness.min() >= 220 and brightness.max() <= 250
+    assert np.allclose(sim["brightness"], sim["brightness"][:, :1])  # constant along a trajectory
+    assert x[sim["active"]].min() > -0.5 and x[sim["active"]].max() < config.size - 0.5
+    assert y[sim["active"]].min() > -0.5 and y[sim["active"]].max() < config.size - 0.5
+
+
+def _four_target_arrays(params, **changes):
+    section = {**params["simulate"], "trajectories": 100, "k_min": 4, "k_max": 4, **changes}
+    return SimulateConfig.from_section(section), simulate_arrays(SimulateConfig.from_section(section))
+
+
+def test_reference_point_motion(params):
+    config, sim = _four_target_arrays(params, drift_max=0.0)
+    ref_x, ref_y = sim["x"].mean(2), sim["y"].mean(2)  # four opposite targets, no drift: the reference
+    steps = np.diff(ref_x, axis=1)
+    assert np.allclose(np.abs(steps), config.step)
+    x0 = ref_x[:, 0]
+    assert np.allclose(x0, np.round(x0)) and x0.min() >= 1 and x0.max() <= config.size - 2
+    assert np.all(np.sign(steps[:, 0]) == np.where(x0 < (config.size - 1) / 2, 1, -1))
+    assert np.all(np.abs(np.diff(ref_y, axis=1)) < 2 * config.step)  # a smooth curve
+
+
+def test_outward_drift_per_frame(params):
+    config, sim = _four_target_arrays(params)
+    _, still = _four_target_arrays(params, drift_max=0.0)
+    ref_x, ref_y = still["x"].mean(2), still["y"].mean(2)
+    radius = np.hypot(sim["x"] - ref_x[..., None], sim["y"] - ref_y[..., None])
+    assert np.allclose(radius[:, 0], config.distance)
+    growth = np.diff(radius, axis=1)
+    assert growth.min() >= -1e-12 and growth.max() <= config.drift_max + 1e-12
+    assert growth.mean() == pytest.approx(config.drift_max / 2, rel=0.05)
+
+
+def test_frames_render_continuous_positions_then_sensor(params, small_simulate):
+    float_config = {**small_simulate, "bit_depth": 0}
+    sim = simulate_arrays(SimulateConfig.from_section(float_config))
+    t, f = 3, 7
+    targets = np.column_stack([sim["x"][t, f], sim["y"][t, f], sim["brightness"][t, f]])
+    assert np.allclose(sim["images"][t, f], render(targets), atol=1e-4)
+    eight_bit = simulate_arrays(SimulateConfig.from_section(small_simulate))["images"]
+    assert np.array_equal(eight_bit, np.clip(np.round(sim["images"].astype(np.float64)), 0, 255))
+    assert eight_bit.max() == 255  # 4-target groups saturate
+
+
+def test_noise_is_added_with_the_configured_sigma(small_simulate):
+    clean = simulate_arrays(SimulateConfig.from_section({**small_simulate, "bit_depth": 0}))["images"]
+    noisy = simulate_arrays(SimulateConfig.from_section({**small_simulate, "bit_depth": 0, "noise_sigma": 3.0}))
+    assert np.std(noisy["images"] - clean) == pytest.approx(3.0, rel=0.05)
+
+
+def test_circle_radius_must_fit_the_path(small_simulate):
+    with pytest.raises(ConfigError, match="simulate.circle_radius"):
+        simulate({**small_simulate, "circle_radius": [1.0, 2.0]})
+
+
+def test_eight_target_variant_uses_diagonals(small_simulate):
+    sim = simulate_arrays(SimulateConfig.from_section({**small_simulate, "k_min": 8, "k_max": 8}))
+    assert sim["active"].all()
+    angles = np.arctan2(sim["y"][:, 0] - sim["y"][:, 0].mean(1, keepdims=True),
+                        sim["x"][:, 0] - sim["x"][:, 0].mean(1, keepdims=True))
+    assert len(np.unique(np.round(angles, 6))) == 8
+
+
+def test_config_object_is_accepted(small_simulate):
+    config = SimulateConfig.from_section(small_simulate)
+    frames, _ = simulate(dataclasses.replace(config, trajectories=2))
+    assert frames["trajectory"].nunique() == 2
