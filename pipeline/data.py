@@ -1,6 +1,9 @@
-"""In-memory views of one split: frames as arrays, targets keyed to their frame row.
+"""In-memory views of one split: frames as arrays, targets keyed to their frame, windows.
 
 Frames are put in (trajectory, frame) order explicitly, so nothing depends on file order.
+Windows of ``window`` consecutive frames (5 by default) slide over each trajectory; the middle
+frame of each window is scored, so frames window//2 .. F-1-window//2 (2..17 of 20) of every
+trajectory are the frames every method, single- or multi-frame, is trained and scored on.
 """
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.coords import Grid
 from pipeline.io import DataFileError, frame_index, read_frame_images, read_table, read_targets
+from pipeline.metrics import targets_to_hr_maps
 
 
 @dataclasses.dataclass
@@ -70,3 +75,45 @@ def load_split(frames_path: str | Path, targets_path: str | Path, split_path: st
     targets["t"] = np.searchsorted(trajectories, targets["trajectory"].to_numpy())
     targets["f"] = targets["frame"].to_numpy()
     return SplitData(trajectories, images, targets.reset_index(drop=True))
+
+
+@dataclasses.dataclass
+class Windows:
+    """Every ``window``-frame window of a split, as arrays ready for batching.
+
+    lr: (N, W, size, size) float32 raw frames; hr: (N, c size, c size) float32 GT maps of the
+    middle frames; t, f: trajectory position and middle-frame index of each window (N,).
+    Windows never cross trajectories, and their order is trajectory-major, whatever the batch.
+    """
+
+    lr: np.ndarray
+    hr: np.ndarray
+    t: np.ndarray
+    f: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+
+def scored_frames(n_frames: int, window: int) -> np.ndarray:
+    """Indices of the middle frames of all windows of a trajectory of ``n_frames`` frames."""
+    half = window // 2
+    if n_frames < window:
+        raise ValueError(f"trajectories of {n_frames} frames are shorter than the {window}-frame window")
+    return np.arange(half, n_frames - half)
+
+
+def scored_positions(data: SplitData, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t, f): trajectory position and frame index of every scored frame, trajectory-major."""
+    frames = scored_frames(data.n_frames, window)
+    t, f = np.meshgrid(np.arange(len(data.trajectories)), frames, indexing="ij")
+    return t.ravel(), f.ravel()
+
+
+def make_windows(data: SplitData, grid: Grid, window: int) -> Windows:
+    """All windows of ``data`` (sliding, stride 1) with the GT maps of their middle frames."""
+    t, f = scored_positions(data, window)
+    view = np.lib.stride_tricks.sliding_window_view(data.images, window, axis=1)  # (T, F-W+1, m, m, W)
+    lr = np.ascontiguousarray(np.moveaxis(view, -1, 2).reshape(-1, window, *data.images.shape[2:]))
+    hr = targets_to_hr_maps(data.frame_targets(t, f), grid).astype(np.float32)
+    return Windows(lr.astype(np.float32), hr, t, f)

@@ -1,0 +1,25 @@
+"""Stage oracle: the grid-oracle CSO-mAP bound on the test split (params: evaluate)."""
+import argparse
+
+from pipeline.cli import run_stage
+from pipeline.config import EvaluateConfig, load_params, section
+from pipeline.coords import Grid
+from pipeline.data import load_split
+from pipeline.evaluation import grid_oracle
+from pipeline.io import load_array, write_json
+
+
+def main(args: argparse.Namespace) -> None:
+    config = EvaluateConfig.from_section(section(load_params(), "evaluate"))
+    grid = Grid.from_phi(load_array(args.phi))
+    test = load_split(args.frames, args.targets, args.split, "test")
+    write_json(grid_oracle(test, grid, config), args.out)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="stages/oracle.py", description=__doc__)
+    parser.add_argument("--phi", required=True, help="Phi .npy input (gives size and c)")
+    for name in ("frames", "targets", "split"):
+        parser.add_argument(f"--{name}", required=True, help=f"{name} Parquet input")
+    parser.add_argument("--out", required=True, help="bound JSON output")
+    run_stage(main, parser)
