@@ -50,7 +50,7 @@ def section(params: Mapping, name: str) -> Mapping:
     return params[name]
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r} is invalid: {allowed}")
 
@@ -63,35 +63,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(key: str, value: Any, lower: float | None = None, *, strict: bool = False,
+def check_number(key: str, value: Any, lower: float | None = None, *, strict: bool = False,
             upper: float | None = None) -> float:
-    _require(_is_number(value), key, value, "a finite number is required")
+    require(_is_number(value), key, value, "a finite number is required")
     if lower is not None:
         ok = value > lower if strict else value >= lower
-        _require(ok, key, value, f"must be {'>' if strict else '>='} {lower}")
+        require(ok, key, value, f"must be {'>' if strict else '>='} {lower}")
     if upper is not None:
-        _require(value <= upper, key, value, f"must be <= {upper}")
+        require(value <= upper, key, value, f"must be <= {upper}")
     return float(value)
 
 
-def _integer(key: str, value: Any, lower: int | None = None) -> int:
-    _require(_is_int(value), key, value, "an integer is required")
+def check_integer(key: str, value: Any, lower: int | None = None) -> int:
+    require(_is_int(value), key, value, "an integer is required")
     if lower is not None:
-        _require(value >= lower, key, value, f"must be an integer >= {lower}")
+        require(value >= lower, key, value, f"must be an integer >= {lower}")
     return int(value)
 
 
-def _choice(key: str, value: Any, allowed: Sequence) -> Any:
-    _require(value in allowed, key, value, f"allowed values are {list(allowed)}")
+def check_bool(key: str, value: Any) -> bool:
+    require(isinstance(value, bool), key, value, "true or false is required")
     return value
 
 
-def _interval(key: str, value: Any, lower: float | None = None, *, strict: bool = False) -> tuple[float, float]:
-    _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2,
+def check_choice(key: str, value: Any, allowed: Sequence) -> Any:
+    require(value in allowed, key, value, f"allowed values are {list(allowed)}")
+    return value
+
+
+def check_interval(key: str, value: Any, lower: float | None = None, *, strict: bool = False) -> tuple[float, float]:
+    require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2,
              key, value, "a list [low, high] is required")
-    low = _number(f"{key}[0]", value[0], lower, strict=strict)
-    high = _number(f"{key}[1]", value[1], lower, strict=strict)
-    _require(low <= high, key, value, "low must not exceed high")
+    low = check_number(f"{key}[0]", value[0], lower, strict=strict)
+    high = check_number(f"{key}[1]", value[1], lower, strict=strict)
+    require(low <= high, key, value, "low must not exceed high")
     return low, high
 
 
@@ -105,7 +110,7 @@ def _check_keys(name: str, given: Mapping, cls: type) -> None:
         raise ConfigError(f"{name}.{missing[0]} is missing (required keys: {sorted(known)})")
 
 
-def _build(cls: type, name: str, given: Mapping, checks: Mapping[str, Callable[[str, Any], Any]]):
+def build_config(cls: type, name: str, given: Mapping, checks: Mapping[str, Callable[[str, Any], Any]]):
     """Check the keys of a section, convert each value with its check, build the dataclass."""
     if not isinstance(given, Mapping):
         raise ConfigError(f"section '{name}' must be a mapping, got {given!r}")
@@ -139,40 +144,36 @@ class SimulateConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
         def curves(key, value):
-            _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
                      key, value, f"a non-empty list drawn from {list(CURVE_TYPES)} is required")
             for i, curve in enumerate(value):
-                _choice(f"{key}[{i}]", curve, CURVE_TYPES)
+                check_choice(f"{key}[{i}]", curve, CURVE_TYPES)
             return tuple(value)
 
-        def boolean(key, value):
-            _require(isinstance(value, bool), key, value, "true or false is required")
-            return value
-
-        config = _build(cls, name, given, {
-            "seed": lambda k, v: _integer(k, v, 0),
-            "trajectories": lambda k, v: _integer(k, v, 1),
-            "frames": lambda k, v: _integer(k, v, 1),
-            "size": lambda k, v: _integer(k, v, 3),
-            "psf_sigma": lambda k, v: _number(k, v, 0.0, strict=True),
-            "k_min": lambda k, v: _integer(k, v, 1),
-            "k_max": lambda k, v: _integer(k, v, 1),
-            "distance": lambda k, v: _number(k, v, 0.0),
-            "step": lambda k, v: _number(k, v, 0.0),
-            "drift_max": lambda k, v: _number(k, v, 0.0),
-            "brightness": lambda k, v: _interval(k, v, 0.0, strict=True),
+        config = build_config(cls, name, given, {
+            "seed": lambda k, v: check_integer(k, v, 0),
+            "trajectories": lambda k, v: check_integer(k, v, 1),
+            "frames": lambda k, v: check_integer(k, v, 1),
+            "size": lambda k, v: check_integer(k, v, 3),
+            "psf_sigma": lambda k, v: check_number(k, v, 0.0, strict=True),
+            "k_min": lambda k, v: check_integer(k, v, 1),
+            "k_max": lambda k, v: check_integer(k, v, 1),
+            "distance": lambda k, v: check_number(k, v, 0.0),
+            "step": lambda k, v: check_number(k, v, 0.0),
+            "drift_max": lambda k, v: check_number(k, v, 0.0),
+            "brightness": lambda k, v: check_interval(k, v, 0.0, strict=True),
             "curves": curves,
-            "line_slope_max": lambda k, v: _number(k, v, 0.0),
-            "quadratic_curvature_max": lambda k, v: _number(k, v, 0.0),
-            "circle_radius": lambda k, v: _interval(k, v, 0.0, strict=True),
-            "noise_sigma": lambda k, v: _number(k, v, 0.0),
-            "bit_depth": lambda k, v: _choice(k, v, BIT_DEPTHS),
-            "saturate": boolean,
+            "line_slope_max": lambda k, v: check_number(k, v, 0.0),
+            "quadratic_curvature_max": lambda k, v: check_number(k, v, 0.0),
+            "circle_radius": lambda k, v: check_interval(k, v, 0.0, strict=True),
+            "noise_sigma": lambda k, v: check_number(k, v, 0.0),
+            "bit_depth": lambda k, v: check_choice(k, v, BIT_DEPTHS),
+            "saturate": check_bool,
         })
-        _require(config.size % 2 == 1, f"{name}.size", config.size, "must be odd (the group starts on a pixel centre)")
-        _require(config.k_min <= config.k_max, f"{name}.k_min", config.k_min,
+        require(config.size % 2 == 1, f"{name}.size", config.size, "must be odd (the group starts on a pixel centre)")
+        require(config.k_min <= config.k_max, f"{name}.k_min", config.k_min,
                  f"must not exceed {name}.k_max = {config.k_max}")
-        _require(config.k_max <= MAX_TARGETS, f"{name}.k_max", config.k_max,
+        require(config.k_max <= MAX_TARGETS, f"{name}.k_max", config.k_max,
                  f"at most {MAX_TARGETS} (one target per compass direction)")
         return config
 
@@ -187,12 +188,12 @@ class PhiConfig:
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "phi") -> "PhiConfig":
-        config = _build(cls, name, given, {
-            "c": lambda k, v: _integer(k, v, 1),
-            "epsabs": lambda k, v: _number(k, v, 0.0, strict=True),
-            "epsrel": lambda k, v: _number(k, v, 0.0, strict=True),
+        config = build_config(cls, name, given, {
+            "c": lambda k, v: check_integer(k, v, 1),
+            "epsabs": lambda k, v: check_number(k, v, 0.0, strict=True),
+            "epsrel": lambda k, v: check_number(k, v, 0.0, strict=True),
         })
-        _require(config.c % 2 == 1, f"{name}.c", config.c, "must be a positive odd integer (1, 3, 5, ...)")
+        require(config.c % 2 == 1, f"{name}.c", config.c, "must be a positive odd integer (1, 3, 5, ...)")
         return config
 
 
@@ -206,18 +207,18 @@ class DataConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "data") -> "DataConfig":
         def root(key, value):
-            _require(value is None or (isinstance(value, str) and value != ""), key, value,
+            require(value is None or (isinstance(value, str) and value != ""), key, value,
                      "null or a path to a folder holding track_5000_20/")
             return value
 
-        config = _build(cls, name, given, {
-            "source": lambda k, v: _choice(k, v, DATA_SOURCES),
+        config = build_config(cls, name, given, {
+            "source": lambda k, v: check_choice(k, v, DATA_SOURCES),
             "official_root": root,
         })
         if config.source == "official":
-            _require(config.official_root is not None, f"{name}.official_root", None,
+            require(config.official_root is not None, f"{name}.official_root", None,
                      f"a path is required when {name}.source is 'official'")
-            _require(Path(config.official_root).is_dir(), f"{name}.official_root", config.official_root,
+            require(Path(config.official_root).is_dir(), f"{name}.official_root", config.official_root,
                      "the folder does not exist")
         return config
 
@@ -232,15 +233,15 @@ class SplitConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "split") -> "SplitConfig":
         def fractions(key, value):
-            _require(isinstance(value, Mapping) and set(value) == set(SPLIT_NAMES), key, value,
+            require(isinstance(value, Mapping) and set(value) == set(SPLIT_NAMES), key, value,
                      f"a mapping with exactly the keys {list(SPLIT_NAMES)} is required")
-            parts = tuple(_number(f"{key}.{s}", value[s], 0.0, upper=1.0) for s in SPLIT_NAMES)
-            _require(abs(sum(parts) - 1.0) < 1e-9, key, dict(value), f"must sum to 1 (they sum to {sum(parts):g})")
-            _require(parts[0] > 0 and parts[2] > 0, key, dict(value), "train and test must be non-empty")
+            parts = tuple(check_number(f"{key}.{s}", value[s], 0.0, upper=1.0) for s in SPLIT_NAMES)
+            require(abs(sum(parts) - 1.0) < 1e-9, key, dict(value), f"must sum to 1 (they sum to {sum(parts):g})")
+            require(parts[0] > 0 and parts[2] > 0, key, dict(value), "train and test must be non-empty")
             return parts
 
-        return _build(cls, name, given, {
-            "seed": lambda k, v: _integer(k, v, 0),
+        return build_config(cls, name, given, {
+            "seed": lambda k, v: check_integer(k, v, 0),
             "fractions": fractions,
         })
 
@@ -253,7 +254,7 @@ class QinitConfig:
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "qinit") -> "QinitConfig":
-        return _build(cls, name, given, {"measurements": lambda k, v: _choice(k, v, QINIT_MEASUREMENTS)})
+        return build_config(cls, name, given, {"measurements": lambda k, v: check_choice(k, v, QINIT_MEASUREMENTS)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,14 +268,14 @@ class EvaluateConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "evaluate") -> "EvaluateConfig":
         def thresholds(key, value):
-            _require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
                      key, value, "a non-empty list of positive distances (LR px) is required")
-            return tuple(_number(f"{key}[{i}]", v, 0.0, strict=True) for i, v in enumerate(value))
+            return tuple(check_number(f"{key}[{i}]", v, 0.0, strict=True) for i, v in enumerate(value))
 
-        config = _build(cls, name, given, {
-            "brightness_threshold": lambda k, v: _number(k, v, 0.0),
+        config = build_config(cls, name, given, {
+            "brightness_threshold": lambda k, v: check_number(k, v, 0.0),
             "distance_thresholds": thresholds,
-            "window": lambda k, v: _integer(k, v, 1),
+            "window": lambda k, v: check_integer(k, v, 1),
         })
-        _require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
+        require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
         return config

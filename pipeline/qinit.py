@@ -28,12 +28,16 @@ def gt_matrix(targets: pd.DataFrame, frame_rows: np.ndarray, n_frames: int, grid
 
 
 def solve_qinit(maps: sparse.spmatrix, measurements: np.ndarray) -> np.ndarray:
-    """Q = S Z^T (Z Z^T)^-1 in float64: maps S (n_hr, N), measurements Z (n_lr, N) -> (n_hr, n_lr)."""
+    """Q = S Z^T (Z Z^T)^-1 in float64: maps S (n_hr, N), measurements Z (n_lr, N) -> (n_hr, n_lr).
+
+    When Z Z^T is singular (a small training set leaves some border pixels always dark) the
+    minimum-norm least-squares solution is returned, which equals the formula otherwise.
+    """
     z = np.asarray(measurements, dtype=np.float64)
     gram = z @ z.T
     cross = np.asarray(maps @ z.T)
-    # Q gram = cross  <=>  gram^T Q^T = cross^T (gram is symmetric)
-    return np.linalg.solve(gram, cross.T).T
+    # Q gram = cross  <=>  gram Q^T = cross^T (gram is symmetric)
+    return np.linalg.lstsq(gram, cross.T, rcond=None)[0].T
 
 
 def compute_qinit(images: np.ndarray, targets: pd.DataFrame, frame_rows: np.ndarray, phi: np.ndarray,

@@ -60,3 +60,13 @@ def test_qinit_rejects_unknown_measurements():
     frame, targets = _sparse_frames(400, rng, grid)
     with pytest.raises(ValueError, match="measurements"):
         compute_qinit(np.zeros((400, 11, 11)), targets, frame, phi, "pinv")
+
+
+def test_qinit_survives_pixels_that_are_never_lit():
+    grid, rng = Grid(), np.random.default_rng(2)
+    phi = build_phi_closed_form()
+    frame, targets = _sparse_frames(50, rng, grid)
+    images = np.asarray((gt_matrix(targets, frame, 50, grid).T @ phi.T)).reshape(50, 11, 11)
+    images[:, 0, :] = 0.0  # a dark border row makes Z Z^T singular
+    q = compute_qinit(images, targets, frame, phi, "frames")
+    assert np.all(np.isfinite(q)) and np.allclose(q[:, :11], 0.0)

@@ -1,0 +1,77 @@
+"""End-to-end: the DVC pipeline on a fresh copy of the repository (slow; run with -m slow)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env(clone: Path) -> dict:
+    """The test's Python first on PATH (DVC runs `python`), importing the clone's own package."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path, "PYTHONPATH": str(clone)}
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = _env(cwd)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory) -> Path:
+    """The tracked files of the working tree in a new git repository, with a tiny profile."""
+    clone = tmp_path_factory.mktemp("clone")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["simulate"]["trajectories"] = 30
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (clone / "dvc.lock").unlink(missing_ok=True)
+    _run(["git", "init", "-q"], clone)
+    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "add", "-A"], clone)
+    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "clone"], clone)
+    return clone
+
+
+FOUNDATION = ["phi", "simulate", "split", "export_official", "qinit", "oracle"]
+
+
+def test_foundation_stages_reproduce_byte_identically(fresh_clone):
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(dvc + ["repro", *FOUNDATION], fresh_clone)
+    for path in ("data/phi.npy", "data/dataset/frames.parquet", "data/dataset/targets.parquet",
+                 "data/split.parquet", "data/official.tar.gz", "data/qinit.npy",
+                 "reports/metrics/grid_oracle.json"):
+        assert (fresh_clone / path).is_file(), path
+    first = (fresh_clone / "dvc.lock").read_text()
+    _run(dvc + ["repro", "--force", *FOUNDATION], fresh_clone)
+    assert (fresh_clone / "dvc.lock").read_text() == first
+    assert "changed" not in _run(dvc + ["status", *FOUNDATION], fresh_clone)
+
+
+def test_invalid_param_stops_before_compute(fresh_clone):
+    params_path = fresh_clone / "params.yaml"
+    original = params_path.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["simulate"]["psf_sigma"] = -0.5
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        done = subprocess.run([sys.executable, "stages/phi.py", "--out", "data/phi_bad.npy"],
+                              cwd=fresh_clone, env=_env(fresh_clone), capture_output=True, text=True)
+        assert done.returncode == 2
+        assert "simulate.psf_sigma = -0.5 is invalid: must be > 0" in done.stderr
+        assert not (fresh_clone / "data/phi_bad.npy").exists()
+    finally:
+        params_path.write_text(original)
