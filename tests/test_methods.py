@@ -1,0 +1,316 @@
+"""Tests of pipeline.methods: registry, physics object, every registered method, losses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.coords import Grid
+from pipeline.methods import (MethodOutput, PhysicsOperator, UnmixingMethod, available_models,
+                              get_model, register_model)
+from pipeline.physics import build_phi_closed_form
+
+SIZE, C, SIGMA = 11, 3, 0.5
+GRID = Grid(SIZE, C)
+WINDOW = 5
+ALL_METHODS = ("ista", "ista_net", "ista_net_plus", "srcnn")
+
+
+def sparse_maps(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, n) HR maps with 2-4 targets of brightness 220-250 at distinct random cells."""
+    maps = np.zeros((count, GRID.n_hr))
+    for row in maps:
+        k = rng.integers(2, 5)
+        row[rng.choice(GRID.n_hr, size=k, replace=False)] = rng.uniform(220.0, 250.0, size=k)
+    return maps
+
+
+def as_windows(lr_flat: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, m^2) frames -> (B, WINDOW, m, m) windows repeating each frame."""
+    frames = torch.as_tensor(lr_flat, dtype=dtype).reshape(-1, 1, SIZE, SIZE)
+    return frames.repeat(1, WINDOW, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def phi() -> np.ndarray:
+    return build_phi_closed_form(SIZE, C, SIGMA)
+
+
+@pytest.fixture(scope="module")
+def physics(phi) -> PhysicsOperator:
+    """Phi plus Q = X Y^T (Y Y^T)^-1 fitted (float64) on 2,000 noise-free sparse maps."""
+    x = sparse_maps(np.random.default_rng(0), 2000)  # (N, n) rows
+    y = x @ phi.T
+    qinit = np.linalg.solve(y.T @ y, y.T @ x).T  # (n, m^2)
+    return PhysicsOperator(phi, qinit)
+
+
+@pytest.fixture(scope="module")
+def dataset(phi) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 windows (8, 5, m, m) rendered as Phi X, and their (8, c m, c m) target maps."""
+    x = sparse_maps(np.random.default_rng(1), 8)
+    target = torch.as_tensor(x, dtype=torch.float32).reshape(8, GRID.hr_size, GRID.hr_size)
+    return as_windows(x @ phi.T), target
+
+
+# ---------------------------------------------------------------------------------- registry
+
+
+def test_all_methods_registered():
+    assert set(ALL_METHODS) <= set(available_models())
+    assert available_models() == sorted(available_models())
+    assert "ista" not in available_models(trainable=True)
+    assert available_models(trainable=False) == ["ista"]
+
+
+def test_duplicate_name_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("ista")
+
+
+@pytest.mark.parametrize("name", ["Ista", "ista-net", "ista net", "", "ísta"])
+def test_bad_name_raises(name):
+    with pytest.raises(ValueError, match="must match"):
+        register_model(name)
+
+
+def test_registering_a_non_method_raises():
+    with pytest.raises(TypeError, match="not an UnmixingMethod"):
+        register_model("not_a_method_for_tests")(dict)
+    assert "not_a_method_for_tests" not in available_models()
+
+
+def test_unknown_name_lists_available(physics):
+    with pytest.raises(KeyError) as info:
+        get_model("no_such_method", physics)
+    for name in ALL_METHODS:
+        assert name in str(info.value)
+
+
+def test_unexpected_param_names_method_and_param(physics):
+    with pytest.raises(TypeError, match=r"'srcnn'.*bogus_width"):
+        get_model("srcnn", physics, bogus_width=3)
+
+
+def test_params_reach_constructor(physics):
+    model = get_model("ista_net", physics, phases=2, channels=4)
+    assert len(model.phases) == 2
+    assert model.phases[0].forward_in.out_channels == 4
+
+
+# ---------------------------------------------------------------------------- physics object
+
+
+def test_physics_operators_match_numpy(physics, phi):
+    rng = np.random.default_rng(2)
+    hr = rng.uniform(0, 250, size=(3, GRID.n_hr))
+    lr = rng.uniform(0, 250, size=(3, GRID.n_lr))
+    q = physics.qinit.numpy()
+    ops = PhysicsOperator(phi, q).to(torch.float64)
+    np.testing.assert_allclose(ops.A(torch.tensor(hr)).numpy(), hr @ phi.T, rtol=1e-5)
+    np.testing.assert_allclose(ops.A_adjoint(torch.tensor(lr)).numpy(), lr @ phi, rtol=1e-5)
+    np.testing.assert_allclose(ops.initial(torch.tensor(lr)).numpy(), lr @ q.T, rtol=1e-10)
+    np.testing.assert_allclose(ops.gram().numpy(), phi.T @ phi, rtol=1e-5, atol=1e-9)
+    assert ops.grid == GRID
+    assert physics.phi.dtype == torch.float32 and physics.qinit.dtype == torch.float32
+
+
+def test_physics_rejects_bad_shapes(phi):
+    qinit = np.zeros((GRID.n_hr, GRID.n_lr))
+    with pytest.raises(ValueError, match="qinit"):
+        PhysicsOperator(phi, qinit.T)
+    with pytest.raises(ValueError):
+        PhysicsOperator(phi[:, :-1], qinit)
+    with pytest.raises(ValueError, match="2-D"):
+        PhysicsOperator(phi.ravel(), qinit)
+    ops = PhysicsOperator(phi, qinit)
+    with pytest.raises(ValueError, match="hr_flat"):
+        ops.A(torch.zeros(2, GRID.n_lr))
+    with pytest.raises(ValueError, match="lr_flat"):
+        ops.initial(torch.zeros(2, SIZE, SIZE))
+
+
+# ------------------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_forward_shape_and_finite(name, physics, dataset):
+    lr, _ = dataset
+    model = get_model(name, physics)
+    with torch.no_grad():
+        output = model(lr[:4])
+    assert isinstance(output, MethodOutput)
+    assert output.hr.shape == (4, GRID.hr_size, GRID.hr_size)
+    assert torch.isfinite(output.hr).all()
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
+    lr, _ = dataset
+    model = get_model(name, physics)
+    if model.window != 1:
+        pytest.skip(f"{name} is multi-frame")
+    if not model.trainable:
+        model = get_model(name, physics, iterations=20)
+    scrambled = lr[:2].clone()
+    scrambled[:, [0, 1, 3, 4]] = torch.rand_like(scrambled[:, [0, 1, 3, 4]]) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(model(scrambled).hr, model(lr[:2]).hr)
+        with pytest.raises(ValueError, match="odd"):
+            model(lr[:2, :4])
+        with pytest.raises(ValueError, match="shape"):
+            model(lr[:2, :, :-1])
+
+
+@pytest.mark.parametrize("name", available_models(trainable=True))
+def test_training_smoke(name, physics, dataset):
+    lr, target = dataset
+    torch.manual_seed(0)
+    model = get_model(name, physics)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        total, components = model.loss(model(lr), target)
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+        losses.append(total.item())
+        assert all(np.isfinite(value) for value in components.values())
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_physics_is_buffers_and_moves(name, physics, dataset):
+    lr, _ = dataset
+    model = get_model(name, physics)
+    if not model.trainable:
+        model = get_model(name, physics, iterations=20)
+    state = model.state_dict()
+    assert {"physics.phi", "physics.qinit"} <= set(state)
+    parameter_names = {key for key, _ in model.named_parameters()}
+    assert not any(key.startswith("physics.") for key in parameter_names)
+    assert model.trainable == bool(parameter_names)
+    model64 = get_model(name, PhysicsOperator(physics.phi.numpy(), physics.qinit.numpy()),
+                        **({} if model.trainable else {"iterations": 20})).to(torch.float64)
+    with torch.no_grad():
+        output = model64(lr[:2].double())
+    assert output.hr.dtype == torch.float64
+    assert model64.physics.phi.dtype == torch.float64
+    if torch.cuda.is_available():
+        model_gpu = model.to("cuda")
+        with torch.no_grad():
+            output = model_gpu(lr[:2].cuda())
+        assert output.hr.device.type == "cuda"
+        torch.testing.assert_close(output.hr.cpu(), model.cpu()(lr[:2]).hr, rtol=1e-3, atol=1e-2)
+
+
+def test_loss_rejects_shape_mismatch(physics, dataset):
+    lr, target = dataset
+    model = get_model("srcnn", physics)
+    output = model(lr[:2])
+    with pytest.raises(ValueError, match="does not match"):
+        model.loss(output, target[:2].reshape(2, -1))
+    with pytest.raises(ValueError, match="does not match"):
+        model.loss(output, target[:1])
+
+
+# ------------------------------------------------------------------------- parameter counts
+
+
+@pytest.mark.parametrize("name, per_phase", [("ista_net", 19_010), ("ista_net_plus", 37_442)])
+def test_unfolded_parameter_counts(name, per_phase, physics):
+    model = get_model(name, physics)
+    assert len(model.phases) == 9
+    for phase in model.phases:
+        assert sum(p.numel() for p in phase.parameters()) == per_phase
+    assert sum(p.numel() for p in model.parameters()) == 9 * per_phase
+
+
+def test_srcnn_parameter_count(physics):
+    model = get_model("srcnn", physics)
+    assert sum(p.numel() for p in model.parameters()) == 15_841
+
+
+# ------------------------------------------------------------------------------ loss weights
+
+
+def test_unfolded_faithful_loss_weights(physics):
+    torch.manual_seed(3)
+    target = torch.rand(2, GRID.hr_size, GRID.hr_size) * 250
+    output = MethodOutput(hr=target + torch.randn_like(target),
+                          extras={"sym": [torch.randn(2, 1, GRID.hr_size, GRID.hr_size) * s
+                                          for s in (1.0, 2.0, 3.0)]})
+    mse = torch.mean((output.hr - target) ** 2)
+    sym = sum(torch.mean(s ** 2) for s in output.extras["sym"])
+    for name in ("ista_net", "ista_net_plus"):
+        nominal, parts = get_model(name, physics, phases=1).loss(output, target)
+        faithful, _ = get_model(name, physics, phases=1, faithful_loss_weights=True).loss(
+            output, target)
+        torch.testing.assert_close(nominal, mse + 0.01 * sym)
+        torch.testing.assert_close(faithful, 2 * mse + 1.01 * sym)
+        assert parts["mse"] == pytest.approx(mse.item(), rel=1e-6)
+        assert parts["sym"] == pytest.approx(sym.item(), rel=1e-6)
+
+
+def test_srcnn_faithful_loss_doubles(physics):
+    torch.manual_seed(4)
+    target = torch.rand(2, GRID.hr_size, GRID.hr_size) * 250
+    output = MethodOutput(hr=target + torch.randn_like(target))
+    nominal, _ = get_model("srcnn", physics).loss(output, target)
+    faithful, _ = get_model("srcnn", physics, faithful_loss_weights=True).loss(output, target)
+    torch.testing.assert_close(nominal, torch.mean((output.hr - target) ** 2))
+    torch.testing.assert_close(faithful, 2 * nominal)
+
+
+# ------------------------------------------------------------------------------ classic ISTA
+
+
+def test_ista_recovers_two_separated_targets(physics, phi):
+    truth = [(10, 10, 240.0), (22, 22, 230.0)]  # HR cells (row, col) = LR pixels (3, 3), (7, 7)
+    hr = np.zeros((GRID.hr_size, GRID.hr_size))
+    for row, col, brightness in truth:
+        hr[row, col] = brightness
+    lr = as_windows(hr.reshape(1, -1) @ phi.T)
+    model = get_model("ista", physics)
+    assert not model.trainable and not list(model.parameters())
+    estimate = model(lr).hr[0].numpy()
+    detections = np.argwhere(estimate >= 70)
+    assert len(detections) > 0
+    for cell in detections:  # every detection sits near a true target
+        assert min(np.abs(cell - (row, col)).max() for row, col, _ in truth) <= 1
+    brightest = np.unravel_index(estimate.argmax(), estimate.shape)
+    assert min(max(abs(brightest[0] - row), abs(brightest[1] - col)) for row, col, _ in truth) <= 1
+
+
+def test_ista_batched_equals_one_by_one(physics, dataset):
+    lr, _ = dataset
+    lr = lr[:4].double()
+    model = get_model("ista", physics, iterations=400, tol=0.5).to(torch.float64)
+    batched = model(lr)
+    steps = batched.extras["iterations"]
+    assert len(set(steps.tolist())) > 1, "frames should converge at different iterations"
+    for index in range(lr.shape[0]):
+        single = model(lr[index:index + 1])
+        torch.testing.assert_close(batched.hr[index], single.hr[0], rtol=1e-9, atol=1e-9)
+        assert single.extras["iterations"].item() == steps[index].item()
+
+
+def test_ista_faithful_returns_previous_iterate(physics, dataset):
+    lr, _ = dataset
+    lr = lr[:4].double()
+    fixed = get_model("ista", physics, iterations=400, tol=0.5).to(torch.float64)(lr)
+    faithful = get_model("ista", physics, iterations=400, tol=0.5,
+                         faithful_return_previous=True).to(torch.float64)(lr)
+    converged = fixed.extras["iterations"] < 400
+    assert converged.any()
+    torch.testing.assert_close(fixed.extras["iterations"], faithful.extras["iterations"])
+    step = torch.linalg.vector_norm((fixed.hr - faithful.hr).flatten(1), dim=1)
+    assert torch.all(step[converged] > 0) and torch.all(step[converged] < 0.5)
+    assert torch.all(step[~converged] == 0)
+
+
+def test_base_class_contract():
+    with pytest.raises(TypeError, match="PhysicsOperator"):
+        UnmixingMethod(np.zeros((GRID.n_lr, GRID.n_hr)))
+    assert UnmixingMethod.trainable and UnmixingMethod.window == 1
