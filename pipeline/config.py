@@ -279,3 +279,14 @@ class EvaluateConfig:
         })
         require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
         return config
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """Tables and figures: how many test windows the figure shows."""
+
+    figure_windows: int
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "report") -> "ReportConfig":
+        return build_config(cls, name, given, {"figure_windows": lambda k, v: check_integer(k, v, 1)})

@@ -94,6 +94,11 @@ class Windows:
     def __len__(self) -> int:
         return len(self.lr)
 
+    def every(self, stride: int) -> "Windows":
+        """Every ``stride``-th window of each trajectory (by middle-frame index)."""
+        keep = (self.f - self.f.min()) % stride == 0
+        return Windows(self.lr[keep], self.hr[keep], self.t[keep], self.f[keep])
+
 
 def scored_frames(n_frames: int, window: int) -> np.ndarray:
     """Indices of the middle frames of all windows of a trajectory of ``n_frames`` frames."""

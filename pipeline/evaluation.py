@@ -2,12 +2,21 @@
 grid-oracle bound."""
 from __future__ import annotations
 
+import platform
+import time
+
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from pipeline.config import EvaluateConfig
 from pipeline.coords import Grid
-from pipeline.data import SplitData, scored_positions
-from pipeline.metrics import cso_map, hr_map_to_detections, nearest_target_distance, targets_to_hr_maps
+from pipeline.data import SplitData, Windows, scored_positions
+from pipeline.methods import UnmixingMethod
+from pipeline.metrics import (cso_map, hr_map_to_detections, nearest_target_distance, psnr_ssim,
+                              targets_to_hr_maps)
 
 
 def grid_oracle(data: SplitData, grid: Grid, config: EvaluateConfig) -> dict:
@@ -27,3 +36,85 @@ def grid_oracle(data: SplitData, grid: Grid, config: EvaluateConfig) -> dict:
     by_closeness = cso_map(ranked, truths, config.distance_thresholds)
     return {"brightness": by_brightness, "perfect_ranking": by_closeness,
             "frames": int(len(truths)), "targets": int(sum(len(x) for x in truths))}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def count_flops(model: UnmixingMethod, window: np.ndarray, device: torch.device) -> int:
+    """FLOPs of one forward pass on one window (torch.utils.flop_counter)."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.from_numpy(window[None]).to(device))
+    return int(counter.get_total_flops())
+
+
+def predict(model: UnmixingMethod, lr: np.ndarray, batch: int, device: torch.device,
+            threshold: float, progress: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """HR maps (N, c m, c m) and detections (per window (n, 3): x, y, score) for windows lr (N, W, m, m).
+
+    Detections are the thresholded HR cells, unless the method reports continuous detections
+    itself (``MethodOutput.detections``).
+    """
+    model.eval()
+    maps, detections = [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(lr), batch), desc="predict", unit="batch", disable=not progress):
+            output = model(torch.from_numpy(lr[start:start + batch]).to(device))
+            hr = output.hr.float().cpu().numpy()
+            maps.append(hr)
+            own = getattr(output, "detections", None)
+            detections.extend(own if own is not None else
+                              hr_map_to_detections(hr, c=model.grid.c, threshold=threshold))
+    return np.concatenate(maps), detections
+
+
+def pr_curve_table(curves: dict, points: int) -> pd.DataFrame:
+    """The PR curve of each distance threshold, resampled to ``points`` recall values.
+
+    Precision is the monotone envelope (the one AP integrates) at each recall level; rows
+    (threshold key, recall, precision) for ``dvc plots`` and the report figures.
+    """
+    rows = []
+    grid = np.linspace(0.0, 1.0, points)
+    for key, curve in curves.items():
+        recall, precision = curve["recall"], curve["precision"]
+        envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        at = np.searchsorted(recall, grid, side="left")
+        value = np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0) \
+            if len(envelope) else np.zeros_like(grid)
+        rows.append(pd.DataFrame({"threshold": key, "recall": grid, "precision": value}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.ndarray], config: EvaluateConfig,
+                    device: torch.device, batch: int, curve_points: int = 101,
+                    progress: bool = False) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    """Score a method on the middle frames of ``windows``.
+
+    Returns (metrics, PR-curve table, HR maps): metrics holds cso_map and ap05..ap25 (percent),
+    psnr (dB) and ssim of the HR maps, params (trainable count), flops (one window), fps (windows
+    per second over the whole set, prediction and detection included) and the device.
+    """
+    model = model.to(device)
+    start = time.perf_counter()
+    maps, detections = predict(model, windows.lr, batch, device, config.brightness_threshold, progress)
+    elapsed = time.perf_counter() - start
+    scores = cso_map(detections, truths, config.distance_thresholds, return_curves=True)
+    curves = pr_curve_table(scores.pop("curves"), curve_points)
+    psnr, ssim = psnr_ssim(maps, windows.hr)
+    metrics = {
+        **scores,
+        "psnr": psnr,
+        "ssim": ssim,
+        "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "flops": count_flops(model, windows.lr[0], device),
+        "fps": len(windows) / elapsed if elapsed > 0 else float("inf"),
+        "device": _device_name(device),
+        "frames": len(windows),
+        "targets": int(sum(len(t) for t in truths)),
+    }
+    return metrics, curves, maps

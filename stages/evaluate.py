@@ -1,0 +1,46 @@
+"""Stage evaluate@<method>: CSO-mAP, PSNR/SSIM, params, FLOPs and FPS on the test split.
+
+Params: train.<method> (to rebuild the method), trainer, evaluate.
+"""
+import argparse
+
+import numpy as np
+
+from pipeline.cli import run_stage
+from pipeline.config import EvaluateConfig, load_params, section
+from pipeline.evaluation import evaluate_method
+from pipeline.io import atomic_path, write_json
+from pipeline.stage_io import load_physics, load_state, load_windows
+from pipeline.training import MethodConfig, TrainerConfig, build_method, resolve_device
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params()
+    config = MethodConfig.from_section(args.method, section(section(params, "train"), args.method))
+    trainer = TrainerConfig.from_section(section(params, "trainer"))
+    evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
+    device = resolve_device(trainer.device)
+    physics = load_physics(args.phi, args.qinit)
+    test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window)
+    model = load_state(build_method(config, physics), args.method, args.model)
+    metrics, curves, maps = evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch,
+                                            progress=True)
+    write_json({"method": args.method, **metrics}, args.metrics)
+    with atomic_path(args.curves) as tmp:
+        curves.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(args.predictions) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, hr=maps, t=test.t, f=test.f)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="stages/evaluate.py", description=__doc__)
+    parser.add_argument("--method", required=True, help="registered method id")
+    for name in ("phi", "qinit"):
+        parser.add_argument(f"--{name}", required=True, help=f"{name} .npy input")
+    for name in ("frames", "targets", "split"):
+        parser.add_argument(f"--{name}", required=True, help=f"{name} Parquet input")
+    parser.add_argument("--model", required=True, help="trained model input (.pt)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON output")
+    parser.add_argument("--curves", required=True, help="PR-curve CSV output")
+    parser.add_argument("--predictions", required=True, help="test HR maps .npz output")
+    run_stage(main, parser)
