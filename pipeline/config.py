@@ -290,3 +290,28 @@ class ReportConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "report") -> "ReportConfig":
         return build_config(cls, name, given, {"figure_windows": lambda k, v: check_integer(k, v, 1)})
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSweepConfig:
+    """Additive-noise levels (counts), the methods scored at each, and the test-window stride
+    (every k-th window of each test trajectory is scored; 1 = all)."""
+
+    sigmas: tuple[float, ...]
+    methods: tuple[str, ...]
+    window_stride: int
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "noise_sweep") -> "NoiseSweepConfig":
+        def sigmas(key, value):
+            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+                    key, value, "a non-empty list of noise std values >= 0 is required")
+            return tuple(check_number(f"{key}[{i}]", v, 0.0) for i, v in enumerate(value))
+
+        def methods(key, value):
+            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+                    and all(isinstance(v, str) for v in value), key, value, "a non-empty list of method ids")
+            return tuple(value)
+
+        return build_config(cls, name, given, {"sigmas": sigmas, "methods": methods,
+                                               "window_stride": lambda k, v: check_integer(k, v, 1)})

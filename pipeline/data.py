@@ -49,14 +49,26 @@ class SplitData:
 
 def load_split(frames_path: str | Path, targets_path: str | Path, split_path: str | Path,
                split_name: str | None) -> SplitData:
-    """The trajectories of one split (all trajectories when ``split_name`` is None)."""
-    index = frame_index(frames_path)
-    images = read_frame_images(frames_path)
-    split = read_table(split_path, ("trajectory", "split"))
+    """The trajectories of one split (all trajectories when ``split_name`` is None), from files."""
+    return _select(frame_index(frames_path), read_frame_images(frames_path), read_targets(targets_path),
+                   read_table(split_path, ("trajectory", "split")), split_name, f"{frames_path} with {split_path}")
+
+
+def load_split_tables(frames: pd.DataFrame, targets: pd.DataFrame, split: pd.DataFrame,
+                      split_name: str | None) -> SplitData:
+    """The same from in-memory tables (frames with an ``image`` column)."""
+    images = np.stack(frames["image"].to_numpy())
+    size = int(round(np.sqrt(images.shape[1])))
+    return _select(frames.drop(columns="image"), images.reshape(-1, size, size), targets, split,
+                   split_name, "split table")
+
+
+def _select(index: pd.DataFrame, images: np.ndarray, targets: pd.DataFrame, split: pd.DataFrame,
+            split_name: str | None, source: str) -> SplitData:
     if split_name is not None:
         chosen = split.loc[split["split"] == split_name, "trajectory"].to_numpy()
         if len(chosen) == 0:
-            raise DataFileError(f"{split_path}: split '{split_name}' is empty")
+            raise DataFileError(f"{source}: split '{split_name}' is empty")
     else:
         chosen = split["trajectory"].to_numpy()
     keep = index["trajectory"].isin(chosen).to_numpy()
@@ -66,11 +78,10 @@ def load_split(frames_path: str | Path, targets_path: str | Path, split_path: st
     trajectories, counts = np.unique(index["trajectory"].to_numpy(), return_counts=True)
     if len(np.unique(counts)) != 1 or not np.array_equal(
             index["frame"].to_numpy(), np.tile(np.arange(counts[0]), len(trajectories))):
-        raise DataFileError(f"{frames_path}: trajectories do not all have frames 0..F-1")
+        raise DataFileError(f"{source}: trajectories do not all have frames 0..F-1")
     n_frames = int(counts[0])
     images = images.reshape(len(trajectories), n_frames, *images.shape[1:])
 
-    targets = read_targets(targets_path)
     targets = targets[targets["trajectory"].isin(trajectories)].copy()
     targets["t"] = np.searchsorted(trajectories, targets["trajectory"].to_numpy())
     targets["f"] = targets["frame"].to_numpy()

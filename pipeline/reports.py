@@ -150,5 +150,5 @@ def draw_windows(path, lr: np.ndarray, gt: np.ndarray, outputs: Mapping[str, np.
                 ax.set_title(columns[j], fontsize=8)
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)

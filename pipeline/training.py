@@ -103,10 +103,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_method(config: MethodConfig, physics: PhysicsOperator) -> UnmixingMethod:
-    """The registered method with its constructor params; bad params become a ConfigError."""
+def build_method(config: MethodConfig, physics: PhysicsOperator, **extra) -> UnmixingMethod:
+    """The registered method with its constructor params (plus ``extra`` objects the pipeline
+    supplies, e.g. a sensor description or a proposal network); bad params become a ConfigError."""
     try:
-        return get_model(config.name, physics, **config.model)
+        return get_model(config.name, physics, **config.model, **extra)
     except KeyError as exc:
         raise ConfigError(f"train.{config.name}: {exc.args[0]}") from exc
     except (TypeError, ValueError) as exc:
@@ -135,7 +136,7 @@ class TrainResult:
 def train_method(config: MethodConfig, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
                  validate: Callable[[UnmixingMethod], float], checkpoint: Path, *, progress: bool = True,
                  on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train (or, for a non-trainable method, only validate) one method.
+    """Train one method; a non-trainable method (or ``epochs: 0``) is returned as built, no history.
 
     ``validate(model) -> float`` scores the model (validation CSO-mAP, higher is better).
     ``checkpoint``: file holding the state after the last completed epoch; a rerun with the same
@@ -148,8 +149,7 @@ def train_method(config: MethodConfig, trainer: TrainerConfig, physics: PhysicsO
     torch.manual_seed(trainer.seed)
     model = build_method(config, physics).to(device)
     if not model.trainable or config.epochs == 0:
-        score = validate(model)
-        return TrainResult(copy.deepcopy(model.state_dict()), [{"epoch": 0, "train_loss": math.nan, "val_cso_map": score}])
+        return TrainResult(copy.deepcopy(model.state_dict()), [])
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     key = fingerprint(dataclasses.asdict(config), dataclasses.asdict(trainer), train.lr[:64], len(train))

@@ -1,6 +1,7 @@
 """Stage evaluate@<method>: CSO-mAP, PSNR/SSIM, params, FLOPs and FPS on the test split.
 
-Params: train.<method> (to rebuild the method), trainer, evaluate.
+Params: train.<method> (to rebuild the method), trainer, evaluate, and the simulate sensor keys
+(sensor-aware methods are told how the frames were recorded).
 """
 import argparse
 
@@ -10,19 +11,18 @@ from pipeline.cli import run_stage
 from pipeline.config import EvaluateConfig, load_params, section
 from pipeline.evaluation import evaluate_method
 from pipeline.io import atomic_path, write_json
-from pipeline.stage_io import load_physics, load_state, load_windows
-from pipeline.training import MethodConfig, TrainerConfig, build_method, resolve_device
+from pipeline.stage_io import build_evaluable, load_physics, load_windows
+from pipeline.training import TrainerConfig, resolve_device
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    config = MethodConfig.from_section(args.method, section(section(params, "train"), args.method))
     trainer = TrainerConfig.from_section(section(params, "trainer"))
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     device = resolve_device(trainer.device)
     physics = load_physics(args.phi, args.qinit)
+    model = build_evaluable(args.method, params, physics, args.models)
     test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window)
-    model = load_state(build_method(config, physics), args.method, args.model)
     metrics, curves, maps = evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch,
                                             progress=True)
     write_json({"method": args.method, **metrics}, args.metrics)
@@ -34,12 +34,12 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="stages/evaluate.py", description=__doc__)
-    parser.add_argument("--method", required=True, help="registered method id")
+    parser.add_argument("--method", required=True, help="a train entry, or physfit_<network>")
     for name in ("phi", "qinit"):
         parser.add_argument(f"--{name}", required=True, help=f"{name} .npy input")
     for name in ("frames", "targets", "split"):
         parser.add_argument(f"--{name}", required=True, help=f"{name} Parquet input")
-    parser.add_argument("--model", required=True, help="trained model input (.pt)")
+    parser.add_argument("--models", required=True, help="folder of trained models (<method>.pt)")
     parser.add_argument("--metrics", required=True, help="metrics JSON output")
     parser.add_argument("--curves", required=True, help="PR-curve CSV output")
     parser.add_argument("--predictions", required=True, help="test HR maps .npz output")

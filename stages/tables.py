@@ -14,18 +14,28 @@ from pipeline.data import load_split, make_windows
 from pipeline.io import DataFileError, atomic_path, load_array, read_json
 from pipeline.coords import Grid
 from pipeline.methods import method_info
+from pipeline.stage_io import PROPOSAL_PREFIX
 from pipeline.reports import build_table7, draw_windows, figure_windows, profile_label, to_latex, to_markdown
+
+
+def method_label(method: str) -> tuple[str, str]:
+    """(family, label) of a train entry or of a physfit_<network> variant."""
+    if method.startswith(PROPOSAL_PREFIX) and method != PROPOSAL_PREFIX.rstrip("_"):
+        family, label = method_info(PROPOSAL_PREFIX.rstrip("_"))
+        return family, f"{label} ← {method_info(method[len(PROPOSAL_PREFIX):])[1]} proposals"
+    return method_info(method)
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
     methods = dict(section(params, "train"))
+    evaluated = list(methods) + [PROPOSAL_PREFIX + network for network in params.get("physfit_proposals") or []]
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     report = ReportConfig.from_section(section(params, "report"))
     profile = profile_label(section(params, "simulate")["trajectories"],
                             {m: methods[m].get("epochs", 0) for m in methods})
-    results = {m: read_json(Path(args.metrics) / f"{m}.json") for m in methods}
-    labels = {m: method_info(m) for m in methods}
+    results = {m: read_json(Path(args.metrics) / f"{m}.json") for m in evaluated}
+    labels = {m: method_label(m) for m in evaluated}
     oracle = read_json(args.oracle)
     devices = sorted({r["device"] for r in results.values()})
     table = build_table7(results, labels, pd.read_csv(args.reference), oracle)
@@ -46,7 +56,7 @@ def main(args: argparse.Namespace) -> None:
     windows = make_windows(test, grid, evaluate.window)
     chosen = figure_windows(report.figure_windows, len(windows))
     outputs = {}
-    for method in methods:
+    for method in evaluated:
         with np.load(Path(args.predictions) / f"{method}.npz") as saved:
             if not np.array_equal(saved["t"], windows.t):
                 raise DataFileError(f"{args.predictions}/{method}.npz: windows differ from the test split")

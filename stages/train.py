@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> None:
     result = train_method(config, trainer, physics, train, validate, checkpoint)
     save_model(result.best_state, args.method, dataclasses.asdict(config), args.model)
     with atomic_path(args.history) as tmp:
-        pd.DataFrame(result.history).to_csv(tmp, index=False)
+        pd.DataFrame(result.history, columns=["epoch", "train_loss", "val_cso_map"]).to_csv(tmp, index=False)
     checkpoint.unlink(missing_ok=True)
 
 

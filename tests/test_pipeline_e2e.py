@@ -37,6 +37,9 @@ def fresh_clone(tmp_path_factory) -> Path:
             shutil.copy2(ROOT / name, clone / name)
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["simulate"]["trajectories"] = 30
+    for method, section in params["train"].items():
+        section["epochs"] = min(section["epochs"], 1)
+    params["train"]["ista"]["model"]["iterations"] = 20
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (clone / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], clone)
@@ -75,3 +78,32 @@ def test_invalid_param_stops_before_compute(fresh_clone):
         assert not (fresh_clone / "data/phi_bad.npy").exists()
     finally:
         params_path.write_text(original)
+
+
+def _ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_full_pipeline_and_dvc_workflow(fresh_clone):
+    """dvc repro end to end, then: an -S change of one method's lr reruns only that method and
+    the tables; metrics diff prints a table; status is clean after a repro."""
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(dvc + ["repro"], fresh_clone)
+    for path in ("reports/tables/table7.md", "reports/tables/table7.tex", "reports/figures/test_windows.png",
+                 "reports/metrics/srcnn.json", "reports/curves/srcnn.csv", "reports/training/srcnn.csv"):
+        assert (fresh_clone / path).is_file(), path
+    table = (fresh_clone / "reports/tables/table7.md").read_text()
+    assert "laptop profile: 30 trajectories" in table and "SRCNN" in table and "Grid oracle" in table
+    assert "changed" not in _run(dvc + ["status"], fresh_clone)
+
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    _run(git + ["add", "-A"], fresh_clone)
+    _run(git + ["commit", "-qm", "results"], fresh_clone)
+    output = _run(dvc + ["exp", "run", "-S", "train.srcnn.lr=0.002"], fresh_clone)
+    ran = _ran_stages(output)
+    assert {"train@srcnn", "evaluate@srcnn", "tables"} <= ran
+    assert not any(name.endswith(("@ista", "@ista_net", "@ista_net_plus")) for name in ran), ran
+    assert not ran & {"phi", "simulate", "split", "qinit"}
+    diff = _run(dvc + ["metrics", "diff", "--md"], fresh_clone)
+    assert "reports/metrics/srcnn.json" in diff and "cso_map" in diff
+    assert "changed" not in _run(dvc + ["status"], fresh_clone)

@@ -89,12 +89,12 @@ def test_non_finite_loss_names_method_epoch_and_step(tiny, tmp_path):
         train_method(_config(), TRAINER, physics, broken, _validate, tmp_path / "e.pt", progress=False)
 
 
-def test_non_trainable_method_is_only_validated(tiny, tmp_path):
+def test_non_trainable_method_is_returned_as_built(tiny, tmp_path):
     physics, windows = tiny
     config = MethodConfig(name="ista", epochs=0, batch=1, lr=1e-4, weight_decay=0.0, model={"iterations": 5})
-    result = train_method(config, TRAINER, physics, windows, lambda m: 12.5, tmp_path / "f.pt", progress=False)
-    assert len(result.history) == 1 and result.history[0]["val_cso_map"] == 12.5
-    assert math.isnan(result.history[0]["train_loss"])
+    result = train_method(config, TRAINER, physics, windows, lambda m: pytest.fail("validated"),
+                          tmp_path / "f.pt", progress=False)
+    assert result.history == [] and "physics.phi" in result.best_state
     assert not (tmp_path / "f.pt").exists()
 
 

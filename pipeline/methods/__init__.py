@@ -6,7 +6,7 @@
 
 Adding a method: one module with a ``@register_model("name")`` class, imported below.
 """
-from pipeline.methods import ista, istanet, srcnn  # noqa: F401  (imported to register)
+from pipeline.methods import ista, istanet, physfit, srcnn  # noqa: F401  (imported to register)
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
 from pipeline.methods.registry import available_models, get_model, method_info, register_model
 

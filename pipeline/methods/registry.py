@@ -66,6 +66,11 @@ def available_models(trainable: bool | None = None) -> list[str]:
                   if trainable is None or cls.trainable == trainable)
 
 
+def method_class(name: str) -> type[UnmixingMethod]:
+    """The class registered under ``name`` (KeyError listing the names if unknown)."""
+    return _lookup(name)
+
+
 def method_info(name: str) -> tuple[str, str]:
     """(family, display label) of a registered method, for tables and figures."""
     cls = _lookup(name)
