@@ -81,6 +81,19 @@ def check_integer(key: str, value: Any, lower: int | None = None) -> int:
     return int(value)
 
 
+def check_list(key: str, value: Any, what: str) -> Sequence:
+    """A non-empty list (not a string); ``what`` describes its items for the message."""
+    require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+            key, value, f"a non-empty list of {what} is required")
+    return value
+
+
+def check_number_list(key: str, value: Any, lower: float, *, strict: bool = False) -> tuple[float, ...]:
+    """A non-empty list of finite numbers above ``lower``."""
+    check_list(key, value, f"numbers {'>' if strict else '>='} {lower}")
+    return tuple(check_number(f"{key}[{i}]", v, lower, strict=strict) for i, v in enumerate(value))
+
+
 def check_bool(key: str, value: Any) -> bool:
     require(isinstance(value, bool), key, value, "true or false is required")
     return value
@@ -144,8 +157,7 @@ class SimulateConfig:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
         def curves(key, value):
-            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
-                     key, value, f"a non-empty list drawn from {list(CURVE_TYPES)} is required")
+            check_list(key, value, f"curve types from {list(CURVE_TYPES)}")
             for i, curve in enumerate(value):
                 check_choice(f"{key}[{i}]", curve, CURVE_TYPES)
             return tuple(value)
@@ -267,14 +279,9 @@ class EvaluateConfig:
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "evaluate") -> "EvaluateConfig":
-        def thresholds(key, value):
-            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
-                     key, value, "a non-empty list of positive distances (LR px) is required")
-            return tuple(check_number(f"{key}[{i}]", v, 0.0, strict=True) for i, v in enumerate(value))
-
         config = build_config(cls, name, given, {
             "brightness_threshold": lambda k, v: check_number(k, v, 0.0),
-            "distance_thresholds": thresholds,
+            "distance_thresholds": lambda k, v: check_number_list(k, v, 0.0, strict=True),
             "window": lambda k, v: check_integer(k, v, 1),
         })
         require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
@@ -303,15 +310,11 @@ class NoiseSweepConfig:
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "noise_sweep") -> "NoiseSweepConfig":
-        def sigmas(key, value):
-            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
-                    key, value, "a non-empty list of noise std values >= 0 is required")
-            return tuple(check_number(f"{key}[{i}]", v, 0.0) for i, v in enumerate(value))
-
         def methods(key, value):
-            require(isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
-                    and all(isinstance(v, str) for v in value), key, value, "a non-empty list of method ids")
+            check_list(key, value, "method ids")
+            require(all(isinstance(v, str) for v in value), key, value, "method ids are strings")
             return tuple(value)
 
-        return build_config(cls, name, given, {"sigmas": sigmas, "methods": methods,
+        return build_config(cls, name, given, {"sigmas": lambda k, v: check_number_list(k, v, 0.0),
+                                               "methods": methods,
                                                "window_stride": lambda k, v: check_integer(k, v, 1)})

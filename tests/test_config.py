@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline.config import (ConfigError, DataConfig, EvaluateConfig, PhiConfig, QinitConfig,
-                             SimulateConfig, SplitConfig, load_params)
+from pipeline.config import (ConfigError, DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig,
+                             ReportConfig, SimulateConfig, SplitConfig, load_params)
+from pipeline.training import MethodConfig, TrainerConfig
 
 
 def test_repository_params_are_valid(params):
@@ -11,6 +12,24 @@ def test_repository_params_are_valid(params):
     SplitConfig.from_section(params["split"])
     QinitConfig.from_section(params["qinit"])
     EvaluateConfig.from_section(params["evaluate"])
+    NoiseSweepConfig.from_section(params["noise_sweep"])
+    ReportConfig.from_section(params["report"])
+    TrainerConfig.from_section(params["trainer"])
+    for method, section in params["train"].items():
+        MethodConfig.from_section(method, section)
+
+
+@pytest.mark.parametrize("section,key,value,fragment", [
+    ("noise_sweep", "sigmas", [0, -2], "noise_sweep.sigmas[1] = -2"),
+    ("noise_sweep", "sigmas", [], "a non-empty list"),
+    ("evaluate", "distance_thresholds", [0.05, 0.0], "evaluate.distance_thresholds[1] = 0.0"),
+    ("trainer", "train_window_stride", 0, "trainer.train_window_stride = 0"),
+])
+def test_invalid_values_of_other_sections(params, section, key, value, fragment):
+    build = {"noise_sweep": NoiseSweepConfig, "evaluate": EvaluateConfig, "trainer": TrainerConfig}[section]
+    with pytest.raises(ConfigError) as error:
+        build.from_section({**params[section], key: value})
+    assert fragment in str(error.value)
 
 
 @pytest.mark.parametrize("key,value,fragment", [

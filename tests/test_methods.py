@@ -14,6 +14,7 @@ SIZE, C, SIGMA = 11, 3, 0.5
 GRID = Grid(SIZE, C)
 WINDOW = 5
 ALL_METHODS = ("ista", "ista_net", "ista_net_plus", "srcnn")
+FAST_SETTINGS = {"ista": {"iterations": 20}, "physfit": {"lm_iterations": 5, "k_max": 2}}  # quick variants
 
 
 def sparse_maps(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -60,7 +61,7 @@ def test_all_methods_registered():
     assert set(ALL_METHODS) <= set(available_models())
     assert available_models() == sorted(available_models())
     assert "ista" not in available_models(trainable=True)
-    assert available_models(trainable=False) == ["ista"]
+    assert available_models(trainable=False) == ["ista", "physfit"]
 
 
 def test_duplicate_name_raises():
@@ -183,16 +184,15 @@ def test_training_smoke(name, physics, dataset):
 @pytest.mark.parametrize("name", available_models())
 def test_physics_is_buffers_and_moves(name, physics, dataset):
     lr, _ = dataset
-    model = get_model(name, physics)
-    if not model.trainable:
-        model = get_model(name, physics, iterations=20)
+    fast = FAST_SETTINGS.get(name, {})
+    model = get_model(name, physics, **fast)
     state = model.state_dict()
     assert {"physics.phi", "physics.qinit"} <= set(state)
     parameter_names = {key for key, _ in model.named_parameters()}
     assert not any(key.startswith("physics.") for key in parameter_names)
     assert model.trainable == bool(parameter_names)
     model64 = get_model(name, PhysicsOperator(physics.phi.numpy(), physics.qinit.numpy()),
-                        **({} if model.trainable else {"iterations": 20})).to(torch.float64)
+                        **fast).to(torch.float64)
     with torch.no_grad():
         output = model64(lr[:2].double())
     assert output.hr.dtype == torch.float64

@@ -69,5 +69,5 @@ class PhysFit(UnmixingMethod):
         inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
         hr = np.zeros((len(windows), side, side), np.float32)
         hr[frame[inside], rows[inside], cols[inside]] = brightness[inside]
-        return MethodOutput(hr=torch.from_numpy(hr).to(lr.device), detections=result.detections,
+        return MethodOutput(hr=torch.from_numpy(hr).to(lr.device, self.physics.phi.dtype), detections=result.detections,
                             extras={"brightness": result.brightness, "k": result.k})

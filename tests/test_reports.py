@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.evaluation import pr_curve_table
+from pipeline.reports import build_table7, figure_windows, profile_label, to_latex, to_markdown
+
+PUBLISHED = pd.DataFrame({
+    "method_id": ["ista", "srcnn", "derefnet"], "family": ["traditional", "super_resolution", "multi_frame"],
+    "method": ["ISTA", "SRCNN", "DeRefNet"], "cso_map": [10.72, 49.64, 51.55], "ap05": [0.14, 1.4, 1.0],
+    "ap10": [1.97, 16.3, 14.4], "ap15": [8.74, 51.2, 54.9], "ap20": [18.22, 85.0, 90.4], "ap25": [24.53, 94.3, 97.1]})
+ORACLE = {key: {"cso_map": 47.8, "ap05": 0.6, "ap10": 7.9, "ap15": 41.8, "ap20": 89.3, "ap25": 99.3}
+          for key in ("brightness", "perfect_ranking")}
+
+
+def _result(value):
+    return {"cso_map": value, "ap05": 1.0, "ap10": 2.0, "ap15": 3.0, "ap20": 4.0, "ap25": 5.0, "psnr": 30.0,
+            "ssim": 0.9, "params": 15841, "flops": 3.5e8, "fps": 1234.0, "device": "cpu"}
+
+
+def test_table7_puts_ours_beside_published_grouped_by_family():
+    results = {"srcnn": _result(40.123), "physfit": _result(95.5)}
+    labels = {"srcnn": ("super_resolution", "SRCNN"), "physfit": ("beyond_the_papers", "PhysFit")}
+    table = build_table7(results, labels, PUBLISHED, ORACLE)
+    assert list(table["family"]) == ["traditional", "super_resolution", "multi_frame", "beyond_the_papers",
+                                     "bound", "bound"]
+    srcnn = table[table["method"] == "SRCNN"].iloc[0]
+    assert srcnn["cso_map"] == "40.12 (49.64)" and srcnn["params"] == "15.84K" and srcnn["flops"] == "350.00M"
+    assert table[table["method"] == "DeRefNet"].iloc[0]["cso_map"] == "— (51.55)"  # published only
+    assert table[table["method"] == "PhysFit"].iloc[0]["cso_map"] == "95.50"  # ours only
+    markdown = to_markdown(table, "Table VII", ["Profile: laptop"])
+    assert "| **Super-resolution** |" in markdown and "| SRCNN | 15.84K |" in markdown
+    assert "Grid oracle" in markdown
+    latex = to_latex(table, "Table VII")
+    assert "\\toprule" in latex and "40.12 (49.64)" in latex and "--" in latex
+
+
+def test_profile_label_says_laptop_or_paper():
+    assert profile_label(400, {"srcnn": 20, "ista": 0}).startswith("laptop profile: 400 trajectories; epochs srcnn 20")
+    assert profile_label(5000, {"srcnn": 200}).startswith("paper scale")
+
+
+def test_figure_windows_are_spread_and_unique():
+    assert list(figure_windows(4, 960)) == [0, 320, 639, 959]
+    assert list(figure_windows(10, 3)) == [0, 1, 2]
+
+
+def test_pr_curve_table_resamples_the_envelope():
+    curves = {"ap05": {"recall": np.array([0.25, 0.25, 0.5]), "precision": np.array([1.0, 0.5, 2 / 3]),
+                       "score": np.array([3.0, 2.0, 1.0])}}
+    table = pr_curve_table(curves, 5)
+    assert list(table["recall"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert table["precision"].tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.0, 0.0])
