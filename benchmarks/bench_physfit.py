@@ -5,7 +5,10 @@ the same rules), builds the 5-frame windows of the evaluation protocol (middle f
 scores, per sensor setting:
 
 * single: ``fit_frames`` on the middle frames alone;
-* multi:  ``fit_windows`` on the 5-frame windows (joint rigid-motion fit, middle frame reported).
+* multi:  ``fit_windows`` on the 5-frame windows (joint rigid-motion fit, middle frame reported);
+
+each as pure physics (variant "physics": default PhysFitSettings) and with the optional SeqCSIST
+group-geometry prior (variant "prior": group_prior_sd = 0.01 px).
 
 Also prints the grid oracle (ground truth snapped to the 33x33 HR grid, the ceiling of every
 HR-map method) and frames per second. A script, not a test: it prints figures and asserts nothing.
@@ -15,7 +18,7 @@ HR-map method) and frames per second. A script, not a test: it prints figures an
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import ast
 import sys
 import time
 from pathlib import Path
@@ -146,44 +149,45 @@ def run_setting(label: str, bit_depth: int, noise: float, args) -> None:
     windows = np.stack([images[:, t - half:t + half + 1] for t in middles], axis=1)  # (T, 16, W, m, m)
     windows = windows.reshape(-1, WINDOW, *images.shape[2:])
     gts = [truth[i][t] for i in range(n) for t in middles]
-    settings = physfit.PhysFitSettings.for_sensor(bit_depth, noise)
-    overrides = dict(args.set or [])
-    if overrides:
-        fields = {fl.name: fl.type for fl in dataclasses.fields(settings)}
-        settings = dataclasses.replace(settings, **{k: type(getattr(settings, k))(v) if getattr(settings, k) is not None
-                                                    else float(v) for k, v in overrides.items() if k in fields})
+    overrides = {key: ast.literal_eval(value) for key, value in (args.set or [])}
     grid = Grid(images.shape[-1], 3)
     oracle = [np.column_stack([grid.snap(g[:, 0]), grid.snap(g[:, 1]), g[:, 2]]) for g in gts]
-    print(f"\n== {label}: {n} trajectories, {len(gts)} middle frames, noise sigma {noise}, "
+    k_true = np.array([len(g) for g in gts])
+    print(f"\n== {label}: {n} trajectories, {len(gts)} middle frames (2..17), noise sigma {noise}, "
           f"bit depth {bit_depth}")
-    print(f"  grid oracle       {_fmt(cso_map(oracle, gts))}")
-    if "single" in args.methods:
-        start = time.perf_counter()
-        result = physfit.fit_frames_detailed(windows[:, half], settings)
-        elapsed = time.perf_counter() - start
-        k_true = np.array([len(g) for g in gts])
-        print(f"  single-frame fit  {_fmt(cso_map(result.detections, gts))}  K acc {np.mean(result.k == k_true):.3f}"
-              f"  {len(gts) / elapsed:7.1f} frames/s")
-    if "multi" in args.methods:
-        start = time.perf_counter()
-        result = physfit.fit_windows_detailed(windows, settings)
-        elapsed = time.perf_counter() - start
-        k_true = np.array([len(g) for g in gts])
-        print(f"  multi-frame fit   {_fmt(cso_map(result.detections, gts))}  K acc {np.mean(result.k == k_true):.3f}"
-              f"  {len(gts) / elapsed:7.1f} windows/s")
+    print(f"  grid oracle (33x33)         {_fmt(cso_map(oracle, gts))}")
+    for variant in args.variants:
+        fields = dict(overrides)
+        if variant == "prior":
+            fields.setdefault("group_prior_sd", args.prior_sd)
+        settings = physfit.PhysFitSettings.for_sensor(bit_depth, noise, **fields)
+        for method in args.methods:
+            start = time.perf_counter()
+            if method == "single":
+                result = physfit.fit_frames_detailed(windows[:, half], settings)
+            else:
+                result = physfit.fit_windows_detailed(windows, settings)
+            elapsed = time.perf_counter() - start
+            unit = "frames/s" if method == "single" else "windows/s"
+            name = f"{method}-frame fit, {variant}"
+            print(f"  {name:<27} {_fmt(cso_map(result.detections, gts))}  K acc {np.mean(result.k == k_true):.3f}"
+                  f"  {len(gts) / elapsed:6.1f} {unit}", flush=True)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trajectories", type=int, default=300)
     parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest when the 2 cores are shared with other jobs)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (2 on an idle 2-core laptop; use 1 when the cores are shared "
+                             "with other jobs: oversubscribed torch threads slow the small batched ops many-fold)")
     parser.add_argument("--settings", nargs="*", default=[s[0] for s in SETTINGS],
                         choices=[s[0] for s in SETTINGS])
     parser.add_argument("--methods", nargs="*", default=["single", "multi"], choices=["single", "multi"])
+    parser.add_argument("--variants", nargs="*", default=["physics", "prior"], choices=["physics", "prior"])
+    parser.add_argument("--prior-sd", type=float, default=0.01, help="group_prior_sd of the 'prior' variant (LR px)")
     parser.add_argument("--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
-                        help="override a PhysFitSettings field (numbers only), e.g. --set random_starts 4")
+                        help="override a PhysFitSettings field (Python literal), e.g. --set random_starts 4")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for label, bit_depth, noise in SETTINGS:

@@ -19,19 +19,25 @@ with x the ROW and y the COLUMN in LR pixel units (pixel (i, j) centred at (i, j
   so d/dx_k g(r - x_k) = phi_sigma(r - x_k - 1/2) - phi_sigma(r - x_k + 1/2).
 * **Sensor model** -- residuals are whitened by sd = sqrt(noise_sigma^2 + quantum^2 / 12) (8-bit
   rounding is uniform noise of std 0.29 counts). A pixel at full scale only says
-  "true value >= full_scale - quantum/2": its residual is min(0, model - that level) / sd, so a
-  model above full scale is not penalised (one-sided, saturation-aware). Pixels clipped at the
-  floor (0) get the mirror-image one-sided residual. Brightness and positions are box-bounded
-  (projected LM steps).
+  "true value >= t = full_scale - quantum/2" (saturation-aware, one-sided): with
+  ``censoring="hard"`` its residual is min(0, model - t) / sd, so a model above full scale is not
+  penalised; the default ``censoring="tobit"`` uses the censored-Gaussian likelihood
+  -2 log Phi((model - t) / sd) (as a square-root residual), which is the same one-sided rule
+  smoothed by the noise. Pixels clipped at the floor (0) get the mirror image. Brightness and
+  positions are box-bounded (LM steps with the bound-active parameters frozen, then projected).
 * **Proposals** -- :func:`greedy_pursuit` (non-negative orthogonal matching pursuit on the columns
   of Phi with saturated pixels masked), :func:`starts_from_hr_maps` (local peaks of any 33x33 map,
   e.g. a network output), plus geometric "cross" templates around the intensity centroid and
-  jittered starts. Several starts per K; the lowest cost wins.
+  jittered starts. Several starts per K; the distinct local minima they reach are kept as
+  competing solutions ("modes") for the scores, and the lowest BIC wins.
 * **K selection** -- Bayesian information criterion chi^2 + penalty * D * ln(n) with the noise
   sd known, over ``k_min..k_max``.
 * **Multi-frame joint fit** (:func:`fit_windows`) -- over a window of W frames the group moves
-  rigidly, position_k(t) = p_k + v tau + a tau^2 / 2 (tau = t - t_mid), brightness shared; the
-  middle-frame positions p_k are reported (noise averages down by about sqrt(W)).
+  rigidly, position_k(t) = p_k + v tau (+ a tau^2 / 2 with ``motion_order=2``; tau = t - t_mid),
+  brightness shared; the middle-frame positions p_k are reported (noise averages down by about
+  sqrt(W) with linear motion; a free acceleration costs most of that gain, and the SeqCSIST
+  paths bend by < 0.003 px over 5 frames, so linear is the default). The per-target outward
+  drift (<= 0.0014 px/frame) is ignored.
 * **Scores** -- each detection's score = P_k * (1 - w sigma_k / (sigma_k + s0)), in (0, 1].
   P_k is its posterior support:
   the summed BIC weights exp(-BIC / 2) (normalised per frame) of all distinct solutions found
@@ -51,13 +57,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from pipeline.coords import Grid
-from pipeline.physics import build_phi_closed_form, pixel_integral_1d
+from pipeline.physics import build_phi_closed_form
+
+# Numerical guards only (not model knobs; the model's numbers are PhysFitSettings fields):
+_TINY = 1e-12  # floor of divisors and of the square-root residual
+_RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
+_INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
 
 __all__ = [
     "PhysFitSettings",
@@ -126,6 +137,8 @@ class PhysFitSettings:
         w = score_sd_weight (in [0, 1); the support dominates, the sd orders within it).
     Execution
         chunk_elements: maximum number of Jacobian entries per batched chunk (memory bound).
+        block_size: frames (or windows) processed together end to end (bounds the memory of the
+        multi-start bookkeeping; results do not depend on it).
         threads: torch intra-op threads (None = leave as is).
     """
 
@@ -171,6 +184,7 @@ class PhysFitSettings:
     score_scale: float = 0.05
     score_sd_weight: float = 0.3
     chunk_elements: int = 20_000_000
+    block_size: int = 2048
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -195,13 +209,13 @@ class PhysFitSettings:
     @classmethod
     def for_sensor(cls, bit_depth: int = 8, noise_sigma: float = 0.0, saturate: bool = True,
                    **fields) -> "PhysFitSettings":
-        """Settings matching a simulator sensor: ``bit_depth`` 0 = float frames (no rounding, no
-        clipping), else integer frames clipped to [0, 2^bit_depth - 1] when ``saturate``."""
+        """Settings matching a simulator sensor (pipeline.simulate.sensor): ``bit_depth`` 0 = float
+        frames (no rounding, no clipping); else integer frames, clipped at 0 and, when
+        ``saturate``, at full scale 2^bit_depth - 1. ``fields`` override any other field."""
         if bit_depth == 0:
             base = dict(full_scale=None, floor=None, quantum=0.0)
         else:
-            base = dict(full_scale=float(2 ** bit_depth - 1) if saturate else None,
-                        floor=0.0 if saturate else None, quantum=1.0)
+            base = dict(full_scale=float(2 ** bit_depth - 1) if saturate else None, floor=0.0, quantum=1.0)
         base.update(noise_sigma=float(noise_sigma))
         base.update(fields)
         return cls(**base)
@@ -218,7 +232,9 @@ class FitResult:
     k: (F,) chosen K.
     bic: (F, n_K) information criterion per K in ``k_values``; chi2: (F, n_K) whitened cost.
     k_values: (n_K,) the K tried.
-    params: dict K -> (F, D_K) best parameter vector [x_1..x_K, y_1..y_K, b_1..b_K, motion...].
+    params: dict K -> (F, D_K) lowest-cost parameter vector for that K,
+        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y))] (motion terms for windows only;
+        positions of the middle frame).
     """
 
     detections: list[np.ndarray]
@@ -246,7 +262,9 @@ def pixel_integral_derivative_1d(offset: np.ndarray, sigma: float) -> np.ndarray
 
 
 def _profiles(positions: torch.Tensor, size: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D pixel responses of targets along one axis.
+    """1-D pixel responses of targets along one axis (torch twin of
+    :func:`pipeline.physics.pixel_integral_1d`, kept in torch for the batched fit; the tests check
+    that frames rendered here equal :func:`pipeline.physics.render_batch`).
 
     positions: (...,) LR px. Returns g (..., size) = g(r - pos) for r = 0..size-1 and its
     derivative with respect to pos (..., size).
@@ -385,14 +403,14 @@ def _whitened(problem: _Problem, model: torch.Tensor) -> tuple[torch.Tensor, tor
             continue
         z = sign * (model[mask] - level) / sd  # > 0: the model satisfies the censoring bound
         if s.censoring == "hard":
-            r_c = -sign * z.clamp(max=0.0)
-            c_c = torch.where(z < 0, 1.0 / sd, 0.0)
+            r_c = sign * z.clamp(max=0.0)  # = min(0, model - t_hi) / sd, resp. max(0, model - t_lo) / sd
+            c_c = (z < 0).to(z.dtype) / sd
         else:
             log_cdf = torch.special.log_ndtr(z)
             rho = torch.sqrt((-2.0 * log_cdf).clamp(min=0.0))
             mills = torch.exp(-0.5 * z * z - 0.5 * math.log(2.0 * math.pi) - log_cdf)  # phi(z) / Phi(z)
-            r_c = -sign * rho  # the sign is cosmetic: the cost is r^2
-            c_c = torch.where(rho > 1e-12, mills / (sd * rho.clamp(min=1e-12)), 0.0)
+            r_c = -sign * rho  # dr/dmodel = phi(z) / (Phi(z) sd rho) > 0 with this sign
+            c_c = (rho > _TINY).to(z.dtype) * mills / (sd * rho.clamp(min=_TINY))
         r[mask] = r_c
         c[mask] = c_c
     return r, c
@@ -472,7 +490,7 @@ def _assign_directions(positions: torch.Tensor, s: PhysFitSettings) -> torch.Ten
     stacked = torch.cat([positions[..., 0], positions[..., 1]], dim=1)  # (N, 2K)
     coef = torch.einsum("acp,np->nac", pinv, stacked)  # (N, A, 3)
     fitted = torch.einsum("apc,nac->nap", design, coef)
-    misfit = ((stacked[:, None, :] - fitted) ** 2).sum(dim=2) + 1e6 * (coef[..., 2] < 0)
+    misfit = ((stacked[:, None, :] - fitted) ** 2).sum(dim=2) + _INFEASIBLE * (coef[..., 2] < 0)
     return options[misfit.argmin(dim=1)]
 
 
@@ -488,11 +506,16 @@ def _bounds(k: int, m: int, s: PhysFitSettings, dtype=torch.float64) -> tuple[to
     return torch.tensor(lower, dtype=dtype), torch.tensor(upper, dtype=dtype)
 
 
-def _solve_damped(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, s: PhysFitSettings):
-    """Solve (A + lam diag(A)) step = -g for a batch; returns step (N, D) and an ok mask (N,)."""
+def _solve_damped(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, s: PhysFitSettings,
+                  frozen: torch.Tensor):
+    """Solve (A + lam diag(A)) step = -g for a batch, with the ``frozen`` (N, D) parameters (at a
+    bound that the gradient pushes against) held fixed; returns step (N, D) and an ok mask (N,)."""
+    free = (~frozen).to(a.dtype)
+    a = a * free[:, :, None] * free[:, None, :]
+    g = g * free
     diag = a.diagonal(dim1=1, dim2=2)
-    scale = diag.amax(dim=1, keepdim=True).clamp(min=1e-30)
-    damp = lam[:, None] * (diag + s.lm_diag_floor * scale)
+    scale = diag.amax(dim=1, keepdim=True).clamp(min=_TINY)
+    damp = lam[:, None] * (diag + s.lm_diag_floor * scale) + (1.0 - free) * scale
     damped = a + torch.diag_embed(damp)
     chol, info = torch.linalg.cholesky_ex(damped)
     ok = info == 0
@@ -519,20 +542,22 @@ def _levenberg_marquardt(problem: _Problem, theta: torch.Tensor, lower: torch.Te
         idx = active.nonzero()[:, 0]
         if idx.numel() == 0:
             break
-        step, ok = _solve_damped(a[idx], g[idx], lam[idx], s)
-        trial = torch.maximum(torch.minimum(theta[idx] + step, upper), lower)
+        th, gi = theta[idx], g[idx]
+        frozen = ((th <= lower) & (gi > 0)) | ((th >= upper) & (gi < 0))
+        step, ok = _solve_damped(a[idx], gi, lam[idx], s, frozen)
+        trial = torch.maximum(torch.minimum(th + step, upper), lower)
         cost_t, a_t, g_t = _evaluate(problem.subset(idx), trial)
         old = cost[idx]
         accept = ok & (cost_t < old)
-        moved = (trial - theta[idx]).abs().amax(dim=1)
+        moved = (trial - th).abs().amax(dim=1)
         acc_idx = idx[accept]
         theta[acc_idx] = trial[accept]
         cost[acc_idx] = cost_t[accept]
         a[acc_idx] = a_t[accept]
         g[acc_idx] = g_t[accept]
         lam_sub = torch.where(accept, lam[idx] * s.lm_lambda_down, lam[idx] * s.lm_lambda_up)
-        lam[idx] = lam_sub.clamp(min=1e-12)
-        small = accept & ((old - cost_t) <= s.lm_rtol * old + 1e-300)
+        lam[idx] = lam_sub.clamp(min=_TINY)
+        small = accept & ((old - cost_t) <= s.lm_rtol * old)
         tiny_step = accept & (moved < s.lm_step_tol)
         done = small | tiny_step | (lam_sub > s.lm_lambda_max)
         active[idx[done]] = False
@@ -591,7 +616,7 @@ def greedy_pursuit(frames: np.ndarray, phi: np.ndarray | None = None, grid: Grid
     y = torch.from_numpy(frames.reshape(f, -1))
     ph = torch.from_numpy(np.asarray(phi, dtype=np.float64))  # (P, H)
     weight = torch.ones_like(y) if full_scale is None else (y < full_scale).to(y.dtype)
-    norms = torch.sqrt((weight @ (ph * ph)).clamp(min=1e-12))  # (F, H)
+    norms = torch.sqrt((weight @ (ph * ph)).clamp(min=_TINY))  # (F, H)
     residual = weight * y
     chosen = torch.zeros(f, 0, dtype=torch.long)
     taken = torch.zeros(f, ph.shape[1], dtype=torch.bool)
@@ -605,21 +630,24 @@ def greedy_pursuit(frames: np.ndarray, phi: np.ndarray | None = None, grid: Grid
         chosen = torch.cat([chosen, pick[:, None]], dim=1)
         atoms = ph.T[chosen].transpose(1, 2) * weight[..., None]  # (F, P, k)
         gram = atoms.transpose(1, 2) @ atoms
-        gram = gram + 1e-9 * torch.eye(gram.shape[1], dtype=y.dtype) * gram.diagonal(dim1=1, dim2=2).amax(1)[:, None, None]
+        ridge = _RIDGE * gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp(min=_TINY)
+        gram = gram + ridge[:, None, None] * torch.eye(gram.shape[1], dtype=y.dtype)
         rhs = atoms.transpose(1, 2) @ (weight * y)[..., None]
-        amplitude = torch.linalg.solve(gram, rhs)[..., 0].clamp(min=0.0)
+        amplitude = torch.nan_to_num(torch.linalg.solve_ex(gram, rhs)[0][..., 0], nan=0.0).clamp(min=0.0)
         residual = weight * y - (atoms @ amplitude[..., None])[..., 0]
     cells = chosen.numpy()
     rr, cc = np.divmod(cells, grid.hr_size)
     return np.stack([grid.to_lr_coordinate(rr), grid.to_lr_coordinate(cc), amplitude.numpy()], axis=2)
 
 
-def starts_from_hr_maps(hr_maps: np.ndarray, grid: Grid | None = None, k_max: int = 5) -> np.ndarray:
+def starts_from_hr_maps(hr_maps: np.ndarray, grid: Grid | None = None, k_max: int = 5, *,
+                        peak_threshold: float = 0.0) -> np.ndarray:
     """Candidate positions from HR maps (e.g. a network's 33x33 output), batched.
 
-    hr_maps: (F, c m, c m) (or (F, (c m)^2)). Cells that are local maxima of their 3x3
-    neighbourhood come first by descending value, then the remaining cells by value, so every
-    frame yields exactly ``k_max`` candidates.
+    hr_maps: (F, c m, c m) (or (F, (c m)^2)); grid: the map's :class:`Grid` (c = 3 assumed when
+    None). Cells above ``peak_threshold`` that are local maxima of their 3x3 neighbourhood come
+    first by descending value, then the remaining cells by value, so every frame yields exactly
+    ``k_max`` candidates.
     Returns (F, k_max, 3): (x, y, map value) in LR px / map units.
     """
     maps = np.asarray(hr_maps, dtype=np.float64)
@@ -629,26 +657,12 @@ def starts_from_hr_maps(hr_maps: np.ndarray, grid: Grid | None = None, k_max: in
     grid = grid or Grid(side // 3, 3)
     t = torch.from_numpy(maps)[:, None]
     pooled = torch.nn.functional.max_pool2d(t, 3, stride=1, padding=1)[:, 0]
-    peak = (torch.from_numpy(maps) >= pooled).reshape(f, -1).numpy()
+    peak = ((torch.from_numpy(maps) >= pooled) & (torch.from_numpy(maps) > peak_threshold)).reshape(f, -1).numpy()
     flat = maps.reshape(f, -1)
-    # order: peaks (by value) before non-peaks (by value)
-    key = np.where(peak, flat, -np.inf)
-    order_peak = np.argsort(-key, axis=1, kind="stable")
-    n_peaks = peak.sum(axis=1)
-    order_all = np.argsort(-flat, axis=1, kind="stable")
-    out = np.zeros((f, k_max, 3))
-    for i in range(f):  # k_max items per frame: trivial cost
-        picks = list(order_peak[i, :min(k_max, n_peaks[i])])
-        for cell in order_all[i]:
-            if len(picks) >= k_max:
-                break
-            if cell not in picks:
-                picks.append(cell)
-        rr, cc = np.divmod(np.asarray(picks), side)
-        out[i, :, 0] = grid.to_lr_coordinate(rr)
-        out[i, :, 1] = grid.to_lr_coordinate(cc)
-        out[i, :, 2] = flat[i, picks]
-    return out
+    order = np.lexsort((-flat, ~peak), axis=1)[:, :k_max]  # peaks first, each group by value
+    rr, cc = np.divmod(order, side)
+    values = np.take_along_axis(flat, order, axis=1)
+    return np.stack([grid.to_lr_coordinate(rr), grid.to_lr_coordinate(cc), values], axis=2)
 
 
 def _centroids(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
@@ -657,7 +671,7 @@ def _centroids(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
     flat = frames.reshape(f, -1)
     peak = flat.max(axis=1, keepdims=True)
     w = np.clip(flat - s.centroid_fraction * peak, 0.0, None)
-    w_sum = np.maximum(w.sum(axis=1), 1e-12)
+    w_sum = np.maximum(w.sum(axis=1), _TINY)
     rows, cols = np.divmod(np.arange(m * m), m)
     cx = (w @ rows) / w_sum
     cy = (w @ cols) / w_sum
@@ -680,19 +694,24 @@ def _template_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[n
     return out
 
 
+def _jitter(n_frames: int, s: PhysFitSettings) -> dict[int, np.ndarray]:
+    """Standard-normal offsets of the jittered starts, K -> (F, max(1, random_starts), K, 2), drawn
+    once per call so that results do not depend on how frames are split into blocks."""
+    n = max(1, s.random_starts)
+    return {k: np.random.default_rng([s.seed, k]).standard_normal((n_frames, n, k, 2)) for k in _k_values(s)}
+
+
 def _collect_starts(k: int, centroid: np.ndarray, proposals: Sequence[np.ndarray],
-                    s: PhysFitSettings, rng: np.random.Generator) -> np.ndarray:
-    """All start positions for K targets: (F, S, K, 2)."""
-    f = centroid.shape[0]
+                    s: PhysFitSettings, jitter: np.ndarray) -> np.ndarray:
+    """All start positions for K targets: (F, S, K, 2). jitter: (F, R, K, 2) standard normal."""
     starts = []
     for prop in proposals:
         if prop.shape[1] >= k:
             starts.append(prop[:, :k, :2])
     starts.extend(_template_starts(k, centroid, s))
-    for _ in range(s.random_starts):
-        starts.append(centroid[:, None, :] + s.start_jitter * rng.standard_normal((f, k, 2)))
-    if not starts:
-        starts.append(centroid[:, None, :] + s.start_jitter * rng.standard_normal((f, k, 2)))
+    n_random = s.random_starts if starts else max(1, s.random_starts)
+    for j in range(n_random):
+        starts.append(centroid[:, None, :] + s.start_jitter * jitter[:, j])
     return np.stack(starts, axis=1)
 
 
@@ -708,9 +727,10 @@ def _initial_brightness(problem: _Problem, positions: torch.Tensor, s: PhysFitSe
     usable = (~(problem.high[:, :p] | problem.low[:, :p])).to(data.dtype)
     atoms_w = atoms * usable[..., None]
     gram = atoms_w.transpose(1, 2) @ atoms_w
-    gram = gram + 1e-6 * torch.eye(k, dtype=data.dtype)
+    ridge = _RIDGE * gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp(min=_TINY)
+    gram = gram + ridge[:, None, None] * torch.eye(k, dtype=data.dtype)
     rhs = atoms_w.transpose(1, 2) @ (usable * data)[..., None]
-    b = torch.linalg.solve(gram, rhs)[..., 0]
+    b = torch.linalg.solve_ex(gram, rhs)[0][..., 0]
     b = torch.nan_to_num(b, nan=s.brightness_min)
     return b.clamp(s.brightness_min, s.brightness_max)
 
@@ -850,6 +870,27 @@ def _finish(problems: dict[int, _Problem], modes: dict[int, torch.Tensor], mode_
                      k_values=np.asarray(ks), params=params)
 
 
+def _merge(results: list[FitResult], s: PhysFitSettings) -> FitResult:
+    """Concatenate the FitResults of consecutive blocks."""
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        ks = np.asarray(_k_values(s))
+        return FitResult([], [], [], np.zeros(0, np.int64), np.zeros((0, len(ks))), np.zeros((0, len(ks))),
+                         ks, {int(k): np.zeros((0, 0)) for k in ks})
+    first = results[0]
+    return FitResult(
+        detections=[d for r in results for d in r.detections],
+        brightness=[b for r in results for b in r.brightness],
+        position_sd=[p for r in results for p in r.position_sd],
+        k=np.concatenate([r.k for r in results]),
+        bic=np.concatenate([r.bic for r in results]),
+        chi2=np.concatenate([r.chi2 for r in results]),
+        k_values=first.k_values,
+        params={k: np.concatenate([r.params[k] for r in results]) for k in first.params},
+    )
+
+
 def _as_proposals(starts, n: int) -> list[np.ndarray]:
     if starts is None:
         return []
@@ -865,7 +906,14 @@ def _as_proposals(starts, n: int) -> list[np.ndarray]:
 
 
 def _settings(settings: PhysFitSettings | None, overrides: dict) -> PhysFitSettings:
+    """Settings with keyword overrides; ``k_range=(lo, hi)`` and ``sigma`` are accepted as aliases
+    of (k_min, k_max) and psf_sigma."""
     s = settings or PhysFitSettings()
+    overrides = dict(overrides)
+    if "k_range" in overrides:
+        overrides["k_min"], overrides["k_max"] = (int(v) for v in overrides.pop("k_range"))
+    if "sigma" in overrides:
+        overrides["psf_sigma"] = overrides.pop("sigma")
     if overrides:
         s = dataclasses.replace(s, **overrides)
     if s.threads is not None:
@@ -873,8 +921,9 @@ def _settings(settings: PhysFitSettings | None, overrides: dict) -> PhysFitSetti
     return s
 
 
-def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, proposals: list[np.ndarray], keep: int):
-    """Multi-start single-frame LM for every K.
+def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, proposals: list[np.ndarray], keep: int,
+                       jitter: dict[int, np.ndarray]):
+    """Multi-start single-frame LM for every K (jitter from :func:`_jitter`, rows of these frames).
 
     Returns problems (K -> _Problem over the F frames, no prior attached), modes (K -> (F, keep, D))
     and their costs (K -> (F, keep)), see :func:`_distinct_modes`.
@@ -887,12 +936,11 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, proposals: list[n
         proposals = [greedy_pursuit(frames, None, Grid(s.size, 3), s.k_max,
                                     full_scale=s.full_scale if s.saturation_aware else None,
                                     sigma=s.psf_sigma)] + list(proposals)
-    rng = np.random.default_rng(s.seed)
     problems, modes, costs = {}, {}, {}
     for k in _k_values(s):
         problem = _Problem(data, high, low, k, basis, s)
         problems[k] = problem
-        starts = _collect_starts(k, centroid, proposals, s, rng)  # (F, S, K, 2)
+        starts = _collect_starts(k, centroid, proposals, s, jitter[k])  # (F, S, K, 2)
         n_starts = starts.shape[1]
         pos = torch.from_numpy(starts.reshape(f * n_starts, k, 2))
         rep = torch.arange(f).repeat_interleave(n_starts)
@@ -910,19 +958,28 @@ def fit_frames_detailed(frames: np.ndarray, settings: PhysFitSettings | None = N
                         **overrides) -> FitResult:
     """Fit every frame independently; see :class:`FitResult`.
 
-    frames: (F, m, m) counts (8-bit frames as floats are fine). starts: optional extra proposals,
-    one (F, J, 2 or 3) array or a list of them (e.g. from :func:`starts_from_hr_maps` or
-    :func:`greedy_pursuit`); the first K rows of each are one start for K targets. overrides:
-    fields of :class:`PhysFitSettings`.
+    frames: (F, m, m) counts (8-bit frames as floats are fine). settings: a
+    :class:`PhysFitSettings` (default: 8-bit sensor, no additive noise; see
+    :meth:`PhysFitSettings.for_sensor`). starts: optional extra proposals, one (F, J, 2 or 3) array
+    or a list of them (e.g. from :func:`starts_from_hr_maps` or :func:`greedy_pursuit`); the first
+    K rows of each are one start for K targets. overrides: fields of :class:`PhysFitSettings`
+    (e.g. ``full_scale=None``, ``noise_sigma=2.0`` -- the ADDITIVE noise; 8-bit rounding is added
+    through ``quantum``), plus the aliases ``k_range=(1, 5)`` and ``sigma=0.5`` (PSF).
     """
     s = _settings(settings, overrides)
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 3 or frames.shape[1:] != (s.size, s.size):
         raise ValueError(f"frames must be (F, {s.size}, {s.size}), got {frames.shape}")
     proposals = _as_proposals(starts, frames.shape[0])
+    jitter = _jitter(frames.shape[0], s)
+    results = []
     with torch.no_grad():
-        problems, modes, costs = _single_frame_fits(frames, s, proposals, s.max_modes)
-        return _finish(problems, modes, costs, s.size * s.size, s)
+        for lo in range(0, frames.shape[0], s.block_size):
+            block = slice(lo, lo + s.block_size)
+            problems, modes, costs = _single_frame_fits(frames[block], s, [p[block] for p in proposals],
+                                                        s.max_modes, {k: v[block] for k, v in jitter.items()})
+            results.append(_finish(problems, modes, costs, s.size * s.size, s))
+    return _merge(results, s)
 
 
 def fit_frames(frames: np.ndarray, settings: PhysFitSettings | None = None, *,
@@ -944,7 +1001,7 @@ def _frame_shift_estimate(windows: np.ndarray, s: PhysFitSettings) -> np.ndarray
     if s.motion_order and w > 1:
         tau = _motion_basis(w, 1).numpy()[:, 0]
         centred = cent - cent.mean(axis=1, keepdims=True)
-        out[:, 0, :] = (tau[None, :, None] * centred).sum(axis=1) / max(float((tau * tau).sum()), 1e-12)
+        out[:, 0, :] = (tau[None, :, None] * centred).sum(axis=1) / max(float((tau * tau).sum()), _TINY)
     return out.reshape(b, -1)
 
 
@@ -965,36 +1022,48 @@ def fit_windows_detailed(windows: np.ndarray, settings: PhysFitSettings | None =
     windows = np.asarray(windows, dtype=np.float64)
     if windows.ndim != 4 or windows.shape[2:] != (s.size, s.size) or windows.shape[1] % 2 == 0:
         raise ValueError(f"windows must be (B, W odd, {s.size}, {s.size}), got {windows.shape}")
+    proposals = _as_proposals(starts, windows.shape[0])
+    jitter = _jitter(windows.shape[0], s)
+    results = []
+    with torch.no_grad():
+        for lo in range(0, windows.shape[0], s.block_size):
+            block = slice(lo, lo + s.block_size)
+            results.append(_fit_windows_block(windows[block], s, [p[block] for p in proposals],
+                                              {k: v[block] for k, v in jitter.items()}))
+    return _merge(results, s)
+
+
+def _fit_windows_block(windows: np.ndarray, s: PhysFitSettings, proposals: list[np.ndarray],
+                       jitter: dict[int, np.ndarray]) -> FitResult:
+    """:func:`fit_windows_detailed` on one block of windows (B, W, m, m)."""
     b, w = windows.shape[:2]
     mid = w // 2
-    proposals = _as_proposals(starts, b)
-    with torch.no_grad():
-        _, single, single_cost = _single_frame_fits(windows[:, mid], s, proposals, s.window_modes)
-        ks = sorted(single)
-        single_bic = torch.stack([_bic(single_cost[k][:, 0], s.size * s.size, _n_params(k, 0, s), s)
-                                  for k in ks], dim=1)
-        worth = single_bic <= single_bic.min(dim=1, keepdim=True).values + s.window_bic_margin  # (B, nK)
-        data, high, low = _prepare(windows.reshape(b, -1), s)
-        basis = _motion_basis(w, s.motion_order)
-        motion0 = torch.from_numpy(_frame_shift_estimate(windows, s))
-        problems, modes, costs = {}, {}, {}
-        for i, k in enumerate(ks):
-            problem = _Problem(data, high, low, k, basis, s)
-            problems[k] = problem
-            n_keep = single[k].shape[1]
-            theta0 = torch.cat([single[k], motion0[:, None, :].expand(-1, n_keep, -1)], dim=2)
-            run = worth[:, i:i + 1] & torch.isfinite(single_cost[k])  # (B, keep)
-            cost = torch.full((b, n_keep), math.inf, dtype=theta0.dtype)
-            theta = theta0.clone()
-            rows, cols = run.nonzero(as_tuple=True)
-            if rows.numel():
-                start = theta0[rows, cols]
-                sub = problem.subset(rows).with_prior(_assign_directions(_positions(start, k), s))
-                fitted, fitted_cost = _fit_batched(sub, start, s)
-                theta[rows, cols] = fitted
-                cost[rows, cols] = fitted_cost
-            modes[k], costs[k] = _distinct_modes(theta, cost, k, s, s.max_modes)
-        return _finish(problems, modes, costs, w * s.size * s.size, s)
+    _, single, single_cost = _single_frame_fits(windows[:, mid], s, proposals, s.window_modes, jitter)
+    ks = sorted(single)
+    single_bic = torch.stack([_bic(single_cost[k][:, 0], s.size * s.size, _n_params(k, 0, s), s)
+                              for k in ks], dim=1)
+    worth = single_bic <= single_bic.min(dim=1, keepdim=True).values + s.window_bic_margin  # (B, nK)
+    data, high, low = _prepare(windows.reshape(b, -1), s)
+    basis = _motion_basis(w, s.motion_order)
+    motion0 = torch.from_numpy(_frame_shift_estimate(windows, s))
+    problems, modes, costs = {}, {}, {}
+    for i, k in enumerate(ks):
+        problem = _Problem(data, high, low, k, basis, s)
+        problems[k] = problem
+        n_keep = single[k].shape[1]
+        theta0 = torch.cat([single[k], motion0[:, None, :].expand(-1, n_keep, -1)], dim=2)
+        run = worth[:, i:i + 1] & torch.isfinite(single_cost[k])  # (B, keep)
+        cost = torch.full((b, n_keep), math.inf, dtype=theta0.dtype)
+        theta = theta0.clone()
+        rows, cols = run.nonzero(as_tuple=True)
+        if rows.numel():
+            start = theta0[rows, cols]
+            sub = problem.subset(rows).with_prior(_assign_directions(_positions(start, k), s))
+            fitted, fitted_cost = _fit_batched(sub, start, s)
+            theta[rows, cols] = fitted
+            cost[rows, cols] = fitted_cost
+        modes[k], costs[k] = _distinct_modes(theta, cost, k, s, s.max_modes)
+    return _finish(problems, modes, costs, w * s.size * s.size, s)
 
 
 def fit_windows(windows: np.ndarray, settings: PhysFitSettings | None = None, *,

@@ -1,0 +1,294 @@
+"""Tests of the continuous physics fit (pipeline.physfit): Jacobians, exact recovery, saturation,
+K selection, multi-frame windows, proposals and scores. Fast (a few seconds each)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import physfit
+from pipeline.coords import Grid
+from pipeline.physics import build_phi_closed_form, pixel_integral_1d, render_batch
+
+ARMS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])  # up, down, left, right (x = row)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small batched tensors run fastest on one thread (and the CI box has two shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def groups(n: int, k: int, seed: int, radius: float = 0.3):
+    """n frames' worth of K-target groups: K distinct arms at ``radius`` around a random
+    reference inside the field; brightness U(220, 250). Returns positions (n, K, 2), brightness (n, K)."""
+    rng = np.random.default_rng(seed)
+    ref = rng.uniform(2.0, 8.0, (n, 2))
+    arms = np.stack([ARMS[rng.permutation(4)[:k]] for _ in range(n)])
+    return ref[:, None, :] + radius * arms, rng.uniform(220.0, 250.0, (n, k))
+
+
+def sensor(clean: np.ndarray, noise: float, bits: int, seed: int) -> np.ndarray:
+    """Additive noise, then 8-bit rounding and clipping (bits = 8) or nothing (bits = 0)."""
+    rng = np.random.default_rng(seed)
+    frames = clean + (rng.normal(0.0, noise, clean.shape) if noise else 0.0)
+    return np.clip(np.round(frames), 0.0, 255.0) if bits else frames
+
+
+def trajectories(n: int, k: int, noise: float, seed: int, frames: int = 5):
+    """Moving groups (the SeqCSIST rules): 0.04 px/frame along x, a linear y drift, outward drift
+    U(0, 0.0014) px/frame. Returns 8-bit windows (n, frames, 11, 11) and positions (n, frames, K, 2)."""
+    rng = np.random.default_rng(seed)
+    pos0, b = groups(n, k, seed + 1)
+    centre = pos0.mean(axis=1, keepdims=True)
+    t = np.arange(frames)[None, :, None, None]
+    velocity = np.stack([rng.choice([-0.04, 0.04], n), rng.uniform(-0.04, 0.04, n)], axis=1)[:, None, None, :]
+    outward = (pos0 - centre) / np.linalg.norm(pos0 - centre, axis=2, keepdims=True)
+    drift = np.cumsum(rng.uniform(0.0, 0.0014, (n, frames, k)), axis=1)[..., None]
+    pos = pos0[:, None] + velocity * t + drift * outward[:, None]
+    clean = render_batch(pos[..., 0].reshape(n * frames, k), pos[..., 1].reshape(n * frames, k),
+                         np.repeat(b, frames, axis=0)).reshape(n, frames, 11, 11)
+    return sensor(clean, noise, 8, seed + 2), pos
+
+
+def max_matched_error(detections, truth) -> np.ndarray:
+    """Per frame: the largest distance from a true target to its nearest detection (inf if the
+    count differs)."""
+    out = []
+    for det, pos in zip(detections, truth):
+        if len(det) != len(pos):
+            out.append(np.inf)
+            continue
+        dist = np.linalg.norm(det[:, None, :2] - pos[None, :, :2], axis=2)
+        out.append(dist.min(axis=0).max())
+    return np.asarray(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Physics and derivatives
+# ------------------------------------------------------------------------------------------------
+
+def test_pixel_integral_derivative_matches_finite_differences():
+    d = np.linspace(-4.0, 4.0, 161)
+    h = 1e-6
+    numeric = (pixel_integral_1d(d + h, 0.5) - pixel_integral_1d(d - h, 0.5)) / (2 * h)
+    assert np.abs(physfit.pixel_integral_derivative_1d(d, 0.5) - numeric).max() < 1e-8
+    assert physfit.pixel_integral_derivative_1d(0.3, 0.5) < 0 < physfit.pixel_integral_derivative_1d(-0.3, 0.5)
+
+
+def test_render_with_jacobian_matches_render_batch_and_finite_differences():
+    pos, b = groups(4, 3, seed=0)
+    x, y = pos[..., 0], pos[..., 1]
+    frames, jac = physfit.render_with_jacobian(x, y, b)
+    assert np.abs(frames - render_batch(x, y, b)).max() < 1e-10
+    assert jac.shape == (4, 121, 9)
+    theta = np.concatenate([x, y, b], axis=1)
+    h = 1e-6
+    for j in range(9):
+        plus, minus = theta.copy(), theta.copy()
+        plus[:, j] += h
+        minus[:, j] -= h
+        numeric = (render_batch(plus[:, :3], plus[:, 3:6], plus[:, 6:]) -
+                   render_batch(minus[:, :3], minus[:, 3:6], minus[:, 6:])) / (2 * h)
+        scale = np.abs(numeric).max()
+        assert np.abs(jac[:, :, j] - numeric.reshape(4, 121)).max() < 1e-6 * scale, j
+
+
+@pytest.mark.parametrize("censoring", ["tobit", "hard"])
+@pytest.mark.parametrize("prior", [0.0, 0.01])
+def test_window_gradient_matches_finite_differences(censoring, prior):
+    """g = J^T r of the whitened, censored, moving-group cost equals half its numerical gradient
+    (checks the motion columns, the one-sided residuals and the prior rows together)."""
+    windows, pos = trajectories(3, 4, noise=2.0, seed=3)
+    s = physfit.PhysFitSettings.for_sensor(8, 2.0, censoring=censoring, group_prior_sd=prior, motion_order=2)
+    assert (windows >= 255).any() and (windows <= 0).any()  # both censoring sides are exercised
+    k = 4
+    data, high, low = physfit._prepare(windows.reshape(3, -1), s)
+    problem = physfit._Problem(data, high, low, k, physfit._motion_basis(5, 2), s)
+    mid = pos[:, 2]
+    rng = np.random.default_rng(0)
+    theta = np.concatenate([mid[..., 0] + 0.02, mid[..., 1] - 0.01, np.full((3, k), 230.0),
+                            rng.normal(0, 0.03, (3, 4))], axis=1)
+    theta = torch.from_numpy(theta)
+    problem = problem.with_prior(physfit._assign_directions(physfit._positions(theta, k), s))
+    cost, a, g = physfit._evaluate(problem, theta)
+    h = 1e-6
+    for j in range(theta.shape[1]):
+        step = torch.zeros_like(theta)
+        step[:, j] = h
+        numeric = (physfit._evaluate(problem, theta + step, False)[0] -
+                   physfit._evaluate(problem, theta - step, False)[0]) / (4 * h)
+        assert torch.allclose(g[:, j], numeric, rtol=1e-5, atol=1e-6 * cost.max().item()), j
+    assert torch.all(torch.linalg.eigvalsh(a) > -1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Single-frame fits
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_exact_recovery_on_float_frames(k):
+    pos, b = groups(6, k, seed=10 + k)
+    frames = render_batch(pos[..., 0], pos[..., 1], b)
+    result = physfit.fit_frames_detailed(frames, physfit.PhysFitSettings.for_sensor(0))
+    assert np.all(result.k == k)
+    for det, bright, true_pos, true_b in zip(result.detections, result.brightness, pos, b):
+        dist = np.linalg.norm(det[:, None, :2] - true_pos[None], axis=2)
+        match = dist.argmin(axis=0)
+        assert sorted(match) == list(range(k))
+        assert dist.min(axis=0).max() < 1e-3
+        assert np.abs(bright[match] / true_b - 1.0).max() < 1e-3
+        assert np.all((det[:, 2] > 0) & (det[:, 2] <= 1)) and np.all(np.diff(det[:, 2]) <= 0)
+
+
+def test_saturation_aware_fit_beats_naive_fit():
+    pos, b = groups(12, 4, seed=21)
+    b = b + 15.0  # 235-265: every frame saturates at its centre
+    clean = render_batch(pos[..., 0], pos[..., 1], b)
+    frames = np.minimum(clean, 255.0)  # clipped at full scale, otherwise exact
+    assert np.all((frames >= 255.0).reshape(12, -1).sum(axis=1) >= 1)
+    base = physfit.PhysFitSettings.for_sensor(0, k_min=4, k_max=4, brightness_max=275.0)
+    aware = dataclasses.replace(base, full_scale=255.0)
+    naive = dataclasses.replace(aware, saturation_aware=False)
+    err_aware = max_matched_error(physfit.fit_frames(frames, aware), pos)
+    err_naive = max_matched_error(physfit.fit_frames(frames, naive), pos)
+    assert err_aware.max() < 1e-3
+    assert np.median(err_naive) > 0.01
+    assert np.median(err_naive) > 20 * np.median(err_aware)
+
+
+def test_saturation_aware_fit_beats_naive_fit_on_8bit_frames():
+    pos, b = groups(40, 4, seed=22)
+    frames = sensor(render_batch(pos[..., 0], pos[..., 1], b + 10.0), 0.0, 8, seed=0)
+    settings = physfit.PhysFitSettings.for_sensor(8, k_min=4, k_max=4, group_prior_sd=0.01)
+    err_aware = max_matched_error(physfit.fit_frames(frames, settings), pos)
+    err_naive = max_matched_error(physfit.fit_frames(frames, settings, saturation_aware=False), pos)
+    assert np.mean(err_aware) < 0.5 * np.mean(err_naive)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_k_selection_on_noisy_8bit_frames(k):
+    pos, b = groups(50, k, seed=30 + k)
+    frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=k)
+    result = physfit.fit_frames_detailed(frames, physfit.PhysFitSettings.for_sensor(8, 2.0))
+    assert np.mean(result.k == k) >= 0.9
+    assert result.bic.shape == (50, 5) and list(result.k_values) == [1, 2, 3, 4, 5]
+
+
+def test_group_prior_improves_noisy_fits():
+    pos, b = groups(40, 3, seed=41)
+    frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=1)
+    settings = physfit.PhysFitSettings.for_sensor(8, 2.0, k_min=3, k_max=3)
+    plain = max_matched_error(physfit.fit_frames(frames, settings), pos)
+    prior = max_matched_error(physfit.fit_frames(frames, settings, group_prior_sd=0.01), pos)
+    assert np.median(prior) < np.median(plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-frame windows
+# ------------------------------------------------------------------------------------------------
+
+def test_window_fit_beats_single_frame_fit_on_noisy_frames():
+    windows, pos = trajectories(40, 3, noise=3.0, seed=50)
+    settings = physfit.PhysFitSettings.for_sensor(8, 3.0)
+    single = max_matched_error(physfit.fit_frames(windows[:, 2], settings), pos[:, 2])
+    multi = physfit.fit_windows_detailed(windows, settings)
+    err_multi = max_matched_error(multi.detections, pos[:, 2])
+    assert np.mean(multi.k == 3) >= 0.9
+    assert np.median(err_multi) < 0.8 * np.median(single)
+    assert multi.params[3].shape == (40, 3 * 3 + 2)  # positions, brightness, velocity
+
+
+def test_window_fit_recovers_velocity_exactly_on_float_frames():
+    n, k = 3, 2
+    pos0, b = groups(n, k, seed=60)
+    t = np.arange(5) - 2.0
+    v = np.array([0.04, -0.02])
+    pos = pos0[:, None] + t[None, :, None, None] * v  # rigid motion, no drift
+    clean = render_batch(pos[..., 0].reshape(-1, k), pos[..., 1].reshape(-1, k), np.repeat(b, 5, axis=0))
+    result = physfit.fit_windows_detailed(clean.reshape(n, 5, 11, 11), physfit.PhysFitSettings.for_sensor(0))
+    assert np.all(result.k == k)
+    assert max_matched_error(result.detections, pos[:, 2]).max() < 1e-3
+    assert np.abs(result.params[k][:, 3 * k:] - v).max() < 1e-4
+
+
+def test_window_input_validation():
+    with pytest.raises(ValueError):
+        physfit.fit_windows(np.zeros((2, 4, 11, 11)))
+    with pytest.raises(ValueError):
+        physfit.fit_frames(np.zeros((2, 9, 9)))
+    with pytest.raises(ValueError):
+        physfit.PhysFitSettings(censoring="soft")
+
+
+# ------------------------------------------------------------------------------------------------
+# Proposals
+# ------------------------------------------------------------------------------------------------
+
+def test_greedy_pursuit_finds_separated_targets_first():
+    grid = Grid()
+    truth = np.array([[[2.0, 3.0], [7.0, 8.0 + 1 / 3]]])
+    frames = render_batch(truth[..., 0], truth[..., 1], np.array([[240.0, 200.0]]))
+    atoms = physfit.greedy_pursuit(frames, build_phi_closed_form(), grid, 3, full_scale=None)
+    assert atoms.shape == (1, 3, 3)
+    assert np.allclose(atoms[0, :2, :2], truth[0], atol=1e-9)
+    assert np.allclose(atoms[0, :2, 2], [240.0, 200.0], rtol=1e-6)
+
+
+def test_greedy_pursuit_masks_saturated_pixels():
+    pos, b = groups(5, 4, seed=70)
+    frames = np.minimum(render_batch(pos[..., 0], pos[..., 1], b + 20.0), 255.0)
+    atoms = physfit.greedy_pursuit(frames, None, None, 4, full_scale=255.0)
+    centroid = pos.mean(axis=1)
+    assert np.all(np.linalg.norm(atoms[:, 0, :2] - centroid, axis=1) < 0.6)
+
+
+def test_starts_from_hr_maps_orders_peaks_and_feeds_the_fit():
+    grid = Grid()
+    hr = np.zeros((1, 33, 33))
+    hr[0, 10, 10], hr[0, 10, 11], hr[0, 20, 5] = 100.0, 90.0, 80.0  # (10, 11) is not a local peak
+    starts = physfit.starts_from_hr_maps(hr, grid, 3)
+    assert np.allclose(starts[0, :, :2], grid.to_lr_coordinate(np.array([[10, 10], [20, 5], [10, 11]])))
+    assert np.allclose(starts[0, :, 2], [100.0, 80.0, 90.0])
+    pos, b = groups(4, 2, seed=80)
+    frames = render_batch(pos[..., 0], pos[..., 1], b)
+    hr_maps = np.zeros((4, 33, 33))
+    for f in range(4):
+        cells = grid.to_hr_index(pos[f])
+        hr_maps[f, cells[:, 0], cells[:, 1]] = b[f]
+    proposals = physfit.starts_from_hr_maps(hr_maps, grid, 5)
+    settings = physfit.PhysFitSettings.for_sensor(0, use_pursuit=False, template_radius=0.0, random_starts=0)
+    result = physfit.fit_frames_detailed(frames, settings, starts=proposals)
+    assert np.all(result.k == 2)
+    assert max_matched_error(result.detections, pos).max() < 1e-3
+
+
+def test_scores_rank_ambiguous_fits_lower():
+    """Clean float frames give scores near 1; noisy ones with competing solutions lower."""
+    pos, b = groups(20, 3, seed=90)
+    clean = render_batch(pos[..., 0], pos[..., 1], b)
+    exact = physfit.fit_frames(clean, physfit.PhysFitSettings.for_sensor(0))
+    noisy = physfit.fit_frames(sensor(clean, 5.0, 8, seed=2), physfit.PhysFitSettings.for_sensor(8, 5.0))
+    exact_scores = np.concatenate([d[:, 2] for d in exact])
+    noisy_scores = np.concatenate([d[:, 2] for d in noisy])
+    assert exact_scores.min() > 0.95
+    assert np.median(noisy_scores) < np.median(exact_scores)
+
+
+def test_blocks_aliases_and_empty_input_give_consistent_results():
+    pos, b = groups(7, 2, seed=100)
+    frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=3)
+    settings = physfit.PhysFitSettings.for_sensor(8, 2.0)
+    whole = physfit.fit_frames_detailed(frames, settings)
+    blocks = physfit.fit_frames_detailed(frames, settings, block_size=3)
+    assert np.array_equal(whole.k, blocks.k)
+    for a, c in zip(whole.detections, blocks.detections):
+        assert np.allclose(a, c, atol=1e-9)
+    aliased = physfit.fit_frames_detailed(frames, settings, k_range=(2, 3), sigma=0.5)
+    assert list(aliased.k_values) == [2, 3]
+    assert physfit.fit_frames(np.zeros((0, 11, 11)), settings) == []
