@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.coords import Grid
+from pipeline.sensor import Sensor
 
 
 def _check_flat(x: torch.Tensor, length: int, what: str) -> None:
@@ -24,15 +25,18 @@ def _check_flat(x: torch.Tensor, length: int, what: str) -> None:
 
 
 class PhysicsOperator(nn.Module):
-    """Phi and Q_init as float32 buffers, with the operators the methods need.
+    """Phi and Q_init as float32 buffers and the :class:`~pipeline.sensor.Sensor`, with the
+    operators the methods need.
 
     ``phi``: (m^2, n) sampling matrix (column = LR response to a unit target at an HR cell centre).
     ``qinit``: (n, m^2) least-squares map from LR frames to HR maps. Batches are row vectors, so
-    ``A(x) = x @ phi.T`` is the column-notation Phi x. Built once by the caller and handed to the
-    models, which never read files; ``.to(dtype or device)`` moves both buffers.
+    ``A(x) = x @ phi.T`` is the column-notation Phi x. ``sensor``: how the frames were recorded
+    (PSF, noise, bit depth, saturation); default the DESIGN.md sensor for Phi's frame size. Built
+    once by the caller and handed to the models, which never read files; ``.to(dtype or device)``
+    moves both buffers.
     """
 
-    def __init__(self, phi: np.ndarray, qinit: np.ndarray) -> None:
+    def __init__(self, phi: np.ndarray, qinit: np.ndarray, sensor: Sensor | None = None) -> None:
         super().__init__()
         phi = np.asarray(phi)
         qinit = np.asarray(qinit)
@@ -45,7 +49,11 @@ class PhysicsOperator(nn.Module):
         for name, array in (("phi", phi), ("qinit", qinit)):
             if not np.all(np.isfinite(array)):
                 raise ValueError(f"{name} contains non-finite values")
+        sensor = Sensor(size=grid.size) if sensor is None else sensor
+        if not isinstance(sensor, Sensor) or sensor.size != grid.size:
+            raise ValueError(f"sensor must be a Sensor for {grid.size}x{grid.size} frames, got {sensor!r}")
         self._grid = grid
+        self.sensor = sensor
         self.register_buffer("phi", torch.as_tensor(phi, dtype=torch.float32))
         self.register_buffer("qinit", torch.as_tensor(qinit, dtype=torch.float32))
 
@@ -53,6 +61,10 @@ class PhysicsOperator(nn.Module):
     def grid(self) -> Grid:
         """The LR/HR grid Phi was built for."""
         return self._grid
+
+    def with_sensor(self, sensor: Sensor) -> "PhysicsOperator":
+        """The same Phi and Q_init seen through another sensor (e.g. another noise level)."""
+        return PhysicsOperator(self.phi.cpu().double().numpy(), self.qinit.cpu().double().numpy(), sensor)
 
     def A(self, hr_flat: torch.Tensor) -> torch.Tensor:
         """Forward model: (B, n) HR maps -> (B, m^2) noise-free LR frames."""
@@ -95,7 +107,13 @@ class UnmixingMethod(nn.Module):
     ``trainable``: whether the method has parameters to fit (False for the classic solvers).
     ``window``: how many frames of the window the method uses (1 = single-frame, which uses only
     the middle frame; the caller always passes odd windows, 5 frames in the SeqCSIST protocol).
-    ``family`` and ``label``: where the method sits in the paper's tables and its display name.
+    ``family`` and ``label``: where the method sits in the paper's tables and its display name
+    (any string: a new family needs no edit elsewhere).
+
+    Adversarial methods register a submodule named ``discriminator`` and implement
+    :meth:`discriminator_loss`; the trainer then alternates a generator and a discriminator step
+    (the generator's :meth:`loss` may call ``self.discriminator``). Extra loss terms are the
+    method's business: :meth:`loss` returns the total and its named components.
     """
 
     trainable: bool = True
@@ -113,6 +131,26 @@ class UnmixingMethod(nn.Module):
     def grid(self) -> Grid:
         """The grid of the physics this method was built with."""
         return self.physics.grid
+
+    @property
+    def sensor(self) -> Sensor:
+        """The sensor of the physics this method was built with."""
+        return self.physics.sensor
+
+    def adversary(self) -> nn.Module | None:
+        """The registered ``discriminator`` submodule, or None for a non-adversarial method."""
+        return getattr(self, "discriminator", None)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the method itself (the discriminator's excluded)."""
+        adversary = self.adversary()
+        skip = {id(p) for p in adversary.parameters()} if adversary is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
+
+    def discriminator_loss(self, output: MethodOutput, target_hr: torch.Tensor
+                           ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Adversarial methods: the discriminator's objective on (detached) outputs and targets."""
+        raise NotImplementedError(f"{type(self).__name__} has no discriminator")
 
     def forward(self, lr: torch.Tensor) -> MethodOutput:
         """(B, W, m, m) raw LR windows, W odd -> MethodOutput with hr (B, c m, c m)."""

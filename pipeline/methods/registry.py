@@ -75,3 +75,8 @@ def method_info(name: str) -> tuple[str, str]:
     """(family, display label) of a registered method, for tables and figures."""
     cls = _lookup(name)
     return cls.family, cls.label or name
+
+
+def method_module(name: str) -> str:
+    """The file stem under pipeline/methods of the module that registers ``name`` (DVC deps)."""
+    return _lookup(name).__module__.rsplit(".", 1)[-1]
