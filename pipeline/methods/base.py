@@ -8,6 +8,7 @@ raw intensity units (LR pixel values 0-255, HR brightness ~220-250): nothing is 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -108,7 +109,9 @@ class UnmixingMethod(nn.Module):
     ``window``: how many frames of the window the method uses (1 = single-frame, which uses only
     the middle frame; the caller always passes odd windows, 5 frames in the SeqCSIST protocol).
     ``family`` and ``label``: where the method sits in the paper's tables and its display name
-    (any string: a new family needs no edit elsewhere).
+    (any string: a new family needs no edit elsewhere). ``smoke_params``: constructor keywords
+    that make a small, quick instance for the registry-wide tests (the defaults must stay the
+    paper's architecture).
 
     Adversarial methods register a submodule named ``discriminator`` and implement
     :meth:`discriminator_loss`; the trainer then alternates a generator and a discriminator step
@@ -120,6 +123,7 @@ class UnmixingMethod(nn.Module):
     window: int = 1
     family: str = "other"
     label: str = ""
+    smoke_params: ClassVar[dict] = {}
 
     def __init__(self, physics: PhysicsOperator) -> None:
         super().__init__()
