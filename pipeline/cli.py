@@ -1,20 +1,52 @@
-"""Shared command-line plumbing for the stage scripts."""
+"""Shared command-line plumbing for the stage scripts: one declaration of every input and output
+path argument, and one error boundary."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 from pipeline.config import ConfigError
 from pipeline.io import DataFileError
 
+INPUTS = {
+    "phi": "Phi .npy, shape (size^2, (c size)^2)",
+    "qinit": "Q_init .npy, shape ((c size)^2, size^2)",
+    "frames": "frames Parquet",
+    "targets": "targets Parquet",
+    "split": "split Parquet (trajectory, split)",
+    "models": "folder of trained models (<method id>.pt)",
+    "metrics_dir": "folder of per-method metrics JSON",
+    "predictions_dir": "folder of per-method test HR maps (.npz)",
+    "oracle": "grid-oracle JSON",
+    "reference": "published Table VII CSV",
+}
+DATASET = ("frames", "targets", "split")
+PHYSICS = ("phi", "qinit")
+
+
+def stage_parser(script: str, doc: str | None, inputs: Sequence[str] = (),
+                 outputs: Mapping[str, str] | None = None, **options: str) -> argparse.ArgumentParser:
+    """An argument parser for a stage: ``--<name>`` for each input (help from :data:`INPUTS`),
+    each output (name -> help) and each extra required option (name -> help)."""
+    parser = argparse.ArgumentParser(prog=f"stages/{Path(script).name}", description=doc)
+    for name in inputs:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=f"input: {INPUTS[name]}")
+    for name, text in {**(outputs or {}), **options}.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=text)
+    return parser
+
 
 def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
               argv: Sequence[str] | None = None) -> None:
-    """Parse arguments and run ``main``; invalid params or data files exit 2 with one clear line."""
+    """Parse arguments and run ``main``; invalid params, bad data files, failed training and
+    rejected values exit 2 with one clear line naming the key, file or value."""
+    from pipeline.training import TrainingError
+
     args = parser.parse_args(argv)
     try:
         main(args)
-    except (ConfigError, DataFileError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
+        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)

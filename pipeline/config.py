@@ -12,9 +12,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 PARAMS_FILE = Path("params.yaml")
+PROFILES = ("laptop", "paper")  # scale profiles: a mapping with exactly these keys is a per-profile value
 
 CURVE_TYPES = ("line", "quadratic", "circle")
 BIT_DEPTHS = (0, 8, 16)
@@ -28,19 +30,42 @@ class ConfigError(ValueError):
     """An invalid params.yaml value; the message names the key, the value and what is allowed."""
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """Read params.yaml as a plain dict; a missing or unparsable file names the file."""
+def read_params(path: str | Path = PARAMS_FILE) -> dict:
+    """params.yaml as written, parsed the way DVC parses it (YAML 1.2: ``1e-3`` is a number)."""
     path = Path(path)
     try:
         with path.open() as handle:
-            params = yaml.safe_load(handle)
+            params = YAML(typ="safe", pure=True).load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: parameter file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
+
+
+def resolve_profile(params: Mapping) -> dict:
+    """Params with every per-profile value ``{laptop: a, paper: b}`` replaced by the one of the
+    top-level ``profile`` (the scale switch: ``dvc exp run -S profile=paper``)."""
+    profile = params.get("profile", PROFILES[0])
+    require(profile in PROFILES, "profile", profile, f"allowed values are {list(PROFILES)}")
+
+    def pick(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            if value and set(value) == set(PROFILES):
+                return pick(value[profile])
+            return {key: pick(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [pick(item) for item in value]
+        return value
+
+    return {key: pick(value) for key, value in params.items()}
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """params.yaml with the active profile resolved; a missing or unparsable file names the file."""
+    return resolve_profile(read_params(path))
 
 
 def section(params: Mapping, name: str) -> Mapping:
@@ -133,13 +158,12 @@ def build_config(cls: type, name: str, given: Mapping, checks: Mapping[str, Call
 
 @dataclasses.dataclass(frozen=True)
 class SimulateConfig:
-    """The SeqCSIST simulator (paper section III); lengths in LR pixels, brightness in counts."""
+    """The SeqCSIST scene simulator (paper section III); lengths in LR pixels, brightness in counts.
+    How frames are recorded (size, PSF, noise, bits) is the sensor's (pipeline.sensor)."""
 
     seed: int
     trajectories: int
     frames: int
-    size: int
-    psf_sigma: float
     k_min: int
     k_max: int
     distance: float
@@ -150,9 +174,6 @@ class SimulateConfig:
     line_slope_max: float
     quadratic_curvature_max: float
     circle_radius: tuple[float, float]
-    noise_sigma: float
-    bit_depth: int
-    saturate: bool
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
@@ -166,8 +187,6 @@ class SimulateConfig:
             "seed": lambda k, v: check_integer(k, v, 0),
             "trajectories": lambda k, v: check_integer(k, v, 1),
             "frames": lambda k, v: check_integer(k, v, 1),
-            "size": lambda k, v: check_integer(k, v, 3),
-            "psf_sigma": lambda k, v: check_number(k, v, 0.0, strict=True),
             "k_min": lambda k, v: check_integer(k, v, 1),
             "k_max": lambda k, v: check_integer(k, v, 1),
             "distance": lambda k, v: check_number(k, v, 0.0),
@@ -178,11 +197,7 @@ class SimulateConfig:
             "line_slope_max": lambda k, v: check_number(k, v, 0.0),
             "quadratic_curvature_max": lambda k, v: check_number(k, v, 0.0),
             "circle_radius": lambda k, v: check_interval(k, v, 0.0, strict=True),
-            "noise_sigma": lambda k, v: check_number(k, v, 0.0),
-            "bit_depth": lambda k, v: check_choice(k, v, BIT_DEPTHS),
-            "saturate": check_bool,
         })
-        require(config.size % 2 == 1, f"{name}.size", config.size, "must be odd (the group starts on a pixel centre)")
         require(config.k_min <= config.k_max, f"{name}.k_min", config.k_min,
                  f"must not exceed {name}.k_max = {config.k_max}")
         require(config.k_max <= MAX_TARGETS, f"{name}.k_max", config.k_max,
@@ -249,7 +264,8 @@ class SplitConfig:
                      f"a mapping with exactly the keys {list(SPLIT_NAMES)} is required")
             parts = tuple(check_number(f"{key}.{s}", value[s], 0.0, upper=1.0) for s in SPLIT_NAMES)
             require(abs(sum(parts) - 1.0) < 1e-9, key, dict(value), f"must sum to 1 (they sum to {sum(parts):g})")
-            require(parts[0] > 0 and parts[2] > 0, key, dict(value), "train and test must be non-empty")
+            require(all(part > 0 for part in parts), key, dict(value),
+                    "train, val and test must all be non-empty (val picks the best epoch)")
             return parts
 
         return build_config(cls, name, given, {
@@ -269,6 +285,11 @@ class QinitConfig:
         return build_config(cls, name, given, {"measurements": lambda k, v: check_choice(k, v, QINIT_MEASUREMENTS)})
 
 
+def ap_key(threshold: float) -> str:
+    """Metric key of the AP at a distance threshold (LR px): 0.05 -> 'ap05', 0.1 -> 'ap10'."""
+    return f"ap{round(threshold * 100):02d}"
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length."""
@@ -285,6 +306,10 @@ class EvaluateConfig:
             "window": lambda k, v: check_integer(k, v, 1),
         })
         require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
+        keys = [ap_key(t) for t in config.distance_thresholds]
+        duplicate = next((key for i, key in enumerate(keys) if key in keys[:i]), None)
+        require(duplicate is None, f"{name}.distance_thresholds", list(config.distance_thresholds),
+                f"two thresholds share the AP key {duplicate} (keys are the threshold in hundredths of a px)")
         return config
 
 
@@ -301,12 +326,14 @@ class ReportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseSweepConfig:
-    """Additive-noise levels (counts), the methods scored at each, and the test-window stride
-    (every k-th window of each test trajectory is scored; 1 = all)."""
+    """Additive-noise levels (counts), the methods scored at each, the test-window stride (every
+    k-th window of each test trajectory is scored; 1 = all) and the seed of the noise added to
+    imported (not simulated) frames."""
 
     sigmas: tuple[float, ...]
     methods: tuple[str, ...]
     window_stride: int
+    seed: int
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "noise_sweep") -> "NoiseSweepConfig":
@@ -317,4 +344,5 @@ class NoiseSweepConfig:
 
         return build_config(cls, name, given, {"sigmas": lambda k, v: check_number_list(k, v, 0.0),
                                                "methods": methods,
-                                               "window_stride": lambda k, v: check_integer(k, v, 1)})
+                                               "window_stride": lambda k, v: check_integer(k, v, 1),
+                                               "seed": lambda k, v: check_integer(k, v, 0)})

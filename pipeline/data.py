@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.config import ConfigError
 from pipeline.coords import Grid
 from pipeline.io import DataFileError, frame_index, read_frame_images, read_table, read_targets
 from pipeline.metrics import targets_to_hr_maps
@@ -105,17 +106,20 @@ class Windows:
     def __len__(self) -> int:
         return len(self.lr)
 
+    def subset(self, keep: np.ndarray) -> "Windows":
+        """The windows selected by ``keep`` (a boolean mask or indices), in their order."""
+        return Windows(self.lr[keep], self.hr[keep], self.t[keep], self.f[keep])
+
     def every(self, stride: int) -> "Windows":
         """Every ``stride``-th window of each trajectory (by middle-frame index)."""
-        keep = (self.f - self.f.min()) % stride == 0
-        return Windows(self.lr[keep], self.hr[keep], self.t[keep], self.f[keep])
+        return self.subset((self.f - self.f.min()) % stride == 0)
 
 
 def scored_frames(n_frames: int, window: int) -> np.ndarray:
     """Indices of the middle frames of all windows of a trajectory of ``n_frames`` frames."""
     half = window // 2
     if n_frames < window:
-        raise ValueError(f"trajectories of {n_frames} frames are shorter than the {window}-frame window")
+        raise ConfigError(f"evaluate.window = {window} is invalid: longer than the {n_frames} frames of each trajectory")
     return np.arange(half, n_frames - half)
 
 

@@ -57,16 +57,24 @@ def predict(model: UnmixingMethod, lr: np.ndarray, batch: int, device: torch.dev
     """HR maps (N, c m, c m) and detections (per window (n, 3): x, y, score) for windows lr (N, W, m, m).
 
     Detections are the thresholded HR cells, unless the method reports continuous detections
-    itself (``MethodOutput.detections``).
+    itself (``MethodOutput.detections``). A non-finite output stops prediction with a ValueError
+    naming the method and the first bad window.
     """
     model.eval()
+    name = model.label or type(model).__name__
     maps, detections = [], []
     with torch.no_grad():
         for start in tqdm(range(0, len(lr), batch), desc="predict", unit="batch", disable=not progress):
             output = model(torch.from_numpy(lr[start:start + batch]).to(device))
             hr = output.hr.float().cpu().numpy()
-            maps.append(hr)
             own = getattr(output, "detections", None)
+            finite = np.isfinite(hr).reshape(len(hr), -1).all(axis=1)
+            if own is not None:
+                finite &= np.array([np.isfinite(found).all() for found in own], dtype=bool)
+            if not finite.all():
+                raise ValueError(f"method {name}: non-finite output for test window {start + int(np.argmin(finite))} "
+                                 "(NaN or inf in its HR map or detections)")
+            maps.append(hr)
             detections.extend(own if own is not None else
                               hr_map_to_detections(hr, c=model.grid.c, threshold=threshold))
     return np.concatenate(maps), detections
@@ -92,10 +100,10 @@ def pr_curve_table(curves: dict, points: int) -> pd.DataFrame:
 
 def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.ndarray], config: EvaluateConfig,
                     device: torch.device, batch: int, curve_points: int = 101,
-                    progress: bool = False) -> tuple[dict, pd.DataFrame, np.ndarray]:
+                    progress: bool = False) -> tuple[dict, pd.DataFrame, np.ndarray, list[np.ndarray]]:
     """Score a method on the middle frames of ``windows``.
 
-    Returns (metrics, PR-curve table, HR maps): metrics holds cso_map and ap05..ap25 (percent),
+    Returns (metrics, PR-curve table, HR maps, detections per window (n, 3): x, y, score): metrics holds cso_map and ap05..ap25 (percent),
     psnr (dB) and ssim of the HR maps, params (trainable count), flops (one window), fps (windows
     per second over the whole set, prediction and detection included) and the device.
     """
@@ -110,11 +118,26 @@ def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.nda
         **scores,
         "psnr": psnr,
         "ssim": ssim,
-        "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "params": int(sum(p.numel() for p in model.generator_parameters())),
         "flops": count_flops(model, windows.lr[0], device),
         "fps": len(windows) / elapsed if elapsed > 0 else float("inf"),
         "device": _device_name(device),
         "frames": len(windows),
         "targets": int(sum(len(t) for t in truths)),
     }
-    return metrics, curves, maps
+    return metrics, curves, maps, detections
+
+
+def pack_detections(detections: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-window detections as two arrays for an .npz: ``detections`` (n, 3) x, y, score and
+    ``detection_window`` (n,) the window each belongs to."""
+    counts = np.array([len(found) for found in detections], dtype=np.int64)
+    rows = np.concatenate([np.asarray(found, np.float64).reshape(-1, 3) for found in detections]) \
+        if detections else np.zeros((0, 3))
+    return {"detections": rows, "detection_window": np.repeat(np.arange(len(detections)), counts)}
+
+
+def unpack_detections(saved, windows: np.ndarray) -> list[np.ndarray]:
+    """The detections of the chosen ``windows`` (indices) from :func:`pack_detections` arrays."""
+    rows, owner = saved["detections"], saved["detection_window"]
+    return [rows[owner == index] for index in windows]

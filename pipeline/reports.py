@@ -7,23 +7,40 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-FAMILY_ORDER = ("traditional", "super_resolution", "multi_frame", "deep_unfolding", "beyond_the_papers")
-FAMILY_TITLES = {
-    "traditional": "Traditional",
-    "super_resolution": "Super-resolution",
-    "multi_frame": "Multi-frame",
-    "deep_unfolding": "Deep unfolding",
-    "beyond_the_papers": "Beyond the papers (continuous positions)",
-}
 AP_KEYS = ("ap05", "ap10", "ap15", "ap20", "ap25")
-PAPER_TRAJECTORIES = 5000
+PROFILE_NAMES = {"laptop": "laptop profile", "paper": "paper scale"}
 
 
-def profile_label(trajectories: int, epochs: Mapping[str, int]) -> str:
-    """'paper scale' or 'laptop profile', with the counts that decide it."""
-    name = "paper scale" if trajectories >= PAPER_TRAJECTORIES else "laptop profile"
-    trained = ", ".join(f"{method} {n}" for method, n in epochs.items() if n)
-    return f"{name}: {trajectories:,} trajectories; epochs {trained or 'none'}"
+def family_title(family: str) -> str:
+    """Display title of a family id: 'deep_unfolding' -> 'Deep unfolding'."""
+    return family.replace("_", " ").capitalize()
+
+
+def profile_name(params: Mapping) -> str:
+    """'laptop profile' or 'paper scale', from the top-level ``profile`` switch."""
+    profile = params.get("profile", "laptop")
+    return PROFILE_NAMES.get(profile, profile)
+
+
+def profile_label(name: str, trajectories: int, budgets: Mapping[str, str]) -> str:
+    """The profile, the data size and each trained method's budget, for table headers."""
+    trained = "; ".join(f"{method} {budget}" for method, budget in budgets.items())
+    return f"{name}: {trajectories:,} trajectories; training budget (epochs x windows per epoch): {trained or 'none'}"
+
+
+def noise_sweep_markdown(table: pd.DataFrame, methods: Sequence[str], sensor, profile: str, trajectories: int,
+                         stride: int, windows: int) -> str:
+    """The noise-sweep table: one row per sigma, one CSO-mAP column per method."""
+    wide = table.pivot(index="noise_sigma", columns="method", values="cso_map")[list(methods)]
+    recording = f"{sensor.bit_depth}-bit quantisation" if sensor.bit_depth else "float frames"
+    lines = ["# Noise sweep: CSO-mAP on the test split against additive Gaussian noise", "",
+             f"Additive noise of std sigma (counts), then {recording}; same trajectories for every sigma. "
+             "Networks are trained on the default data; every method sees the noisy sensor through the physics object.",
+             f"Profile: {profile} ({trajectories:,} trajectories); one test window in {stride} scored "
+             f"({windows:,} windows per sigma).", "",
+             "| sigma | " + " | ".join(wide.columns) + " |", "|---|" + "---|" * len(wide.columns)]
+    lines += [f"| {sigma:g} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for sigma, row in wide.iterrows()]
+    return "\n".join(lines) + "\n"
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -76,8 +93,10 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         rows.append({"family": "bound", "method": title, "params": "—", "flops": "—", "fps": "—",
                      **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—"})
     table = pd.DataFrame(rows)
-    order = {family: i for i, family in enumerate(FAMILY_ORDER + ("other", "bound"))}
-    table["_order"] = table["family"].map(lambda f: order.get(f, len(order)))
+    families = list(dict.fromkeys([*published["family"], *table["family"]]))
+    families.remove("bound")
+    order = {family: i for i, family in enumerate(families + ["bound"])}
+    table["_order"] = table["family"].map(order)
     return table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
@@ -91,7 +110,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
     header = "| " + " | ".join(COLUMNS.values()) + " |"
     lines = [f"# {title}", "", *notes, "", header, "|" + "---|" * len(COLUMNS)]
     for family, group in table.groupby("family", sort=False):
-        lines.append(f"| **{FAMILY_TITLES.get(family, family.replace('_', ' ').capitalize())}** |"
+        lines.append(f"| **{family_title(family)}** |"
                      + " |" * (len(COLUMNS) - 1))
         for _, row in group.iterrows():
             lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
@@ -111,7 +130,7 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
              " & ".join(COLUMNS.values()) + " \\\\"]
     for family, group in table.groupby("family", sort=False):
         lines += ["\\midrule",
-                  f"\\multicolumn{{{len(COLUMNS)}}}{{l}}{{\\textit{{{_latex_escape(FAMILY_TITLES.get(family, family))}}}}} \\\\"]
+                  f"\\multicolumn{{{len(COLUMNS)}}}{{l}}{{\\textit{{{_latex_escape(family_title(family))}}}}} \\\\"]
         for _, row in group.iterrows():
             lines.append(" & ".join(_latex_escape(row[c]) for c in COLUMNS) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table*}"]
@@ -123,12 +142,14 @@ def figure_windows(count: int, n_windows: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_windows - 1, min(count, n_windows)).round().astype(int))
 
 
-def draw_windows(path, lr: np.ndarray, gt: np.ndarray, outputs: Mapping[str, np.ndarray],
-                 truths: Sequence[np.ndarray], caption: str) -> None:
-    """PNG grid: one row per window; columns LR middle frame, GT map, each method's HR map.
+def draw_windows(path, lr: np.ndarray, gt: np.ndarray, outputs: Mapping[str, tuple[np.ndarray, Sequence]],
+                 truths: Sequence[np.ndarray], caption: str, half_width: float = 1.5) -> None:
+    """PNG grid, one row per window, cropped to ``half_width`` LR px around the group: the LR
+    middle frame, the GT map and each method's HR map, with the true positions (cyan +) and the
+    method's detections (white x, continuous for methods that report positions).
 
-    lr: (N, m, m); gt: (N, cm, cm); outputs: method label -> (N, cm, cm); truths: per window
-    (k, 3) true targets, drawn as crosses in HR pixel coordinates on every HR panel.
+    lr: (N, m, m); gt: (N, cm, cm); outputs: label -> ((N, cm, cm) maps, per window (n, 3)
+    detections x, y, score); truths: per window (k, 3) targets. Axes are LR px (x = row, down).
     """
     import matplotlib
 
@@ -136,19 +157,24 @@ def draw_windows(path, lr: np.ndarray, gt: np.ndarray, outputs: Mapping[str, np.
     import matplotlib.pyplot as plt
 
     columns = ["LR input", "ground truth"] + list(outputs)
-    n, c = len(lr), gt.shape[1] // lr.shape[1]
-    fig, axes = plt.subplots(n, len(columns), figsize=(2.1 * len(columns), 2.2 * n + 0.6), squeeze=False)
+    n, m = len(lr), lr.shape[1]
+    extent = (-0.5, m - 0.5, m - 0.5, -0.5)  # LR pixels and HR cells both tile [-1/2, m - 1/2]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.9 * len(columns), 2.0 * n + 0.6), squeeze=False)
     for i in range(n):
-        panels = [lr[i], gt[i]] + [out[i] for out in outputs.values()]
-        for j, (ax, image) in enumerate(zip(axes[i], panels)):
-            ax.imshow(image, cmap="inferno", interpolation="nearest")
-            if j > 0:  # HR panels: true positions at c x + (c-1)/2
-                ax.plot(c * truths[i][:, 1] + (c - 1) / 2, c * truths[i][:, 0] + (c - 1) / 2, "c+", ms=6, mew=1)
+        centre = truths[i][:, :2].mean(axis=0) if len(truths[i]) else np.full(2, (m - 1) / 2)
+        panels = [(lr[i], None), (gt[i], None)] + [(maps[i], found[i]) for maps, found in outputs.values()]
+        for j, (ax, (image, found)) in enumerate(zip(axes[i], panels)):
+            ax.imshow(image, cmap="inferno", interpolation="nearest", extent=extent)
+            ax.plot(truths[i][:, 1], truths[i][:, 0], "c+", ms=9, mew=1.4)
+            if found is not None and len(found):
+                ax.plot(found[:, 1], found[:, 0], "wx", ms=6, mew=1.1)
+            ax.set_xlim(centre[1] - half_width, centre[1] + half_width)
+            ax.set_ylim(centre[0] + half_width, centre[0] - half_width)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(columns[j], fontsize=8)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)

@@ -8,7 +8,7 @@ records frames through it and every method reads it from ``physics.sensor``; sce
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -39,15 +39,18 @@ class Sensor:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "sensor") -> "Sensor":
         """The sensor of params.yaml's ``sensor`` section; a bad value is a ConfigError naming its key."""
-        config = build_config(cls, name, given, {
-            "size": lambda k, v: check_integer(k, v, 3),
+        def size(key: str, value: Any) -> int:
+            check_integer(key, value, 3)
+            require(value % 2 == 1, key, value, "must be odd (the group starts on a pixel centre)")
+            return value
+
+        return build_config(cls, name, given, {
+            "size": size,
             "psf_sigma": lambda k, v: check_number(k, v, 0.0, strict=True),
             "noise_sigma": lambda k, v: check_number(k, v, 0.0),
             "bit_depth": lambda k, v: check_choice(k, v, BIT_DEPTHS),
             "saturate": check_bool,
         })
-        require(config.size % 2 == 1, f"{name}.size", config.size, "must be odd (the group starts on a pixel centre)")
-        return config
 
     @property
     def quantised(self) -> bool:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipeline.config import ConfigError, SimulateConfig
 from pipeline.physics import render_batch
+from pipeline.sensor import Sensor
 
 _DIAGONAL = 1.0 / np.sqrt(2.0)
 # (dx, dy) unit vectors: up, down, left, right (x is the row), then the four diagonals.
@@ -27,15 +28,13 @@ DIRECTIONS = np.array([
 CARDINAL = 4
 
 
-def _check_geometry(config: SimulateConfig) -> None:
+def _check_geometry(config: SimulateConfig, sensor: Sensor) -> None:
     """Cross-key checks: the path must stay on the circle and inside the field of view."""
     travel = config.step * (config.frames - 1)
     if "circle" in config.curves and config.circle_radius[0] <= 2 * travel:
         raise ConfigError(
             f"simulate.circle_radius = {list(config.circle_radius)} is invalid: the low end must exceed "
             f"2 * step * (frames - 1) = {2 * travel:g} so the path stays on the arc")
-    if config.size < 3:
-        raise ConfigError(f"simulate.size = {config.size} is invalid: at least 3 (x0 avoids the border)")
 
 
 def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndarray,
@@ -60,31 +59,18 @@ def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndar
     return offsets
 
 
-def sensor(images: np.ndarray, config: SimulateConfig, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian noise, then quantisation (round) and saturation at 2^bits - 1.
-
-    Integer bit depths also clip at 0 (an unsigned sensor); bit depth 0 keeps float values.
-    """
-    if config.noise_sigma > 0:
-        images = images + rng.normal(0.0, config.noise_sigma, images.shape)
-    if config.bit_depth:
-        full_scale = 2.0 ** config.bit_depth - 1.0
-        images = np.clip(np.round(images), 0.0, full_scale if config.saturate else None)
-    return images.astype(np.float32)
-
-
-def simulate_arrays(config: SimulateConfig) -> dict[str, np.ndarray]:
-    """Simulate all trajectories as arrays.
+def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndarray]:
+    """Simulate all trajectories as arrays, recorded through ``sensor``.
 
     Returns x, y, brightness, active (T, F, K_max) target arrays in LR px / counts (inactive
     slots are 0), n_targets (T,), and images (T, F, size, size) float32 after the sensor model.
     """
-    _check_geometry(config)
+    _check_geometry(config, sensor)
     rng = np.random.default_rng(config.seed)
-    n, frames, k_max = config.trajectories, config.frames, config.k_max
-    centre = (config.size - 1) / 2
-    x0 = rng.integers(1, config.size - 1, n).astype(np.float64)
-    y0 = rng.uniform(1.0, config.size - 2.0, n)
+    n, frames, k_max, size = config.trajectories, config.frames, config.k_max, sensor.size
+    centre = (size - 1) / 2
+    x0 = rng.integers(1, size - 1, n).astype(np.float64)
+    y0 = rng.uniform(1.0, size - 2.0, n)
     heading = np.where(x0 < centre, 1.0, -1.0)
     dx = heading[:, None] * config.step * np.arange(frames)[None, :]  # (T, F)
     ref_x = x0[:, None] + dx
@@ -106,8 +92,8 @@ def simulate_arrays(config: SimulateConfig) -> dict[str, np.ndarray]:
     b = np.where(active_tfk, brightness[:, None, :], 0.0)
     x, y = np.where(active_tfk, x, 0.0), np.where(active_tfk, y, 0.0)
     clean = render_batch(x.reshape(n * frames, k_max), y.reshape(n * frames, k_max),
-                         b.reshape(n * frames, k_max), config.size, config.psf_sigma)
-    images = sensor(clean, config, rng).reshape(n, frames, config.size, config.size)
+                         b.reshape(n * frames, k_max), size, sensor.psf_sigma)
+    images = sensor.record(clean, rng).reshape(n, frames, size, size)
     return {"x": x, "y": y, "brightness": b, "active": active_tfk, "n_targets": n_targets, "images": images}
 
 
@@ -135,12 +121,12 @@ def to_tables(arrays: Mapping[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFr
     return frames_df, targets_df
 
 
-def simulate(section: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Simulate the dataset from the ``simulate`` section of params.yaml.
+def simulate(section: Mapping | SimulateConfig, sensor: Sensor) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate the dataset from the ``simulate`` section of params.yaml, recorded by ``sensor``.
 
     Returns (frames, targets): frames has columns trajectory, frame, image (size^2 float32
     values, row-major), n_targets; targets has trajectory, frame, target, x, y (LR px, x = row),
     brightness. The same section gives byte-identical tables.
     """
     config = section if isinstance(section, SimulateConfig) else SimulateConfig.from_section(section)
-    return to_tables(simulate_arrays(config))
+    return to_tables(simulate_arrays(config, sensor))

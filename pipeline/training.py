@@ -1,10 +1,12 @@
 """One trainer for every trainable method.
 
-Adam (lr, weight decay, epochs, batch from the method's ``train.<method>`` section), seeded
-initialisation and a per-epoch seeded shuffle, mixed precision on CUDA, a checkpoint after every
-epoch that a rerun resumes from (bit-identical to an uninterrupted run on CPU), validation
-CSO-mAP after every epoch and the best weights by it. A non-finite loss stops training with the
-method, epoch and step named.
+Adam on the method's own parameters (settings and budget from ``methods.<id>.train``), seeded
+initialisation and a seeded draw of training windows every epoch, bf16 autocast on CUDA, a
+checkpoint after every epoch that a rerun resumes from (bit-identical to an uninterrupted run on
+CPU), validation CSO-mAP after every epoch and the best weights by it. Adversarial methods (a
+``discriminator`` submodule) alternate a generator and a discriminator step inside the same loop.
+A non-finite loss stops training with the method, epoch and step named; a checkpoint made from
+other inputs (settings, Phi, Q_init, sensor or data) is discarded with a one-line notice.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,14 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.config import (ConfigError, build_config, check_bool, check_choice, check_integer, check_number,
-                             require)
+from pipeline.config import build_config, check_bool, check_choice, check_integer
 from pipeline.data import Windows
 from pipeline.io import atomic_path
-from pipeline.methods import UnmixingMethod, get_model
-from pipeline.methods.base import PhysicsOperator
-
-DEVICES = ("auto", "cpu", "cuda")
+from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
+from pipeline.runtime import DEVICES, MethodSpec, build_method
+from pipeline.stage_io import state_bytes
 
 
 class TrainingError(RuntimeError):
@@ -38,9 +39,8 @@ class TrainingError(RuntimeError):
 class TrainerConfig:
     """Settings shared by all methods (section ``trainer``).
 
-    ``train_window_stride``: train on every k-th window of each trajectory (consecutive windows
-    differ by a 0.04 px shift; the laptop profile trains on every 2nd); validation and test
-    always use every window.
+    ``val_windows``: validation windows scored after every epoch, evenly spaced over the
+    validation split (None = all of them); the test split is always scored in full.
     """
 
     device: str
@@ -48,7 +48,7 @@ class TrainerConfig:
     mixed_precision: bool
     eval_batch: int
     threads: int
-    train_window_stride: int
+    val_windows: int | None
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "trainer") -> "TrainerConfig":
@@ -58,68 +58,18 @@ class TrainerConfig:
             "mixed_precision": check_bool,
             "eval_batch": lambda k, v: check_integer(k, v, 1),
             "threads": lambda k, v: check_integer(k, v, 0),
-            "train_window_stride": lambda k, v: check_integer(k, v, 1),
+            "val_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
         })
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodConfig:
-    """One method's section ``train.<method>``: optimiser settings and constructor params."""
-
-    name: str
-    epochs: int
-    batch: int
-    lr: float
-    weight_decay: float
-    model: dict
-
-    @classmethod
-    def from_section(cls, method: str, given: Mapping, name: str | None = None) -> "MethodConfig":
-        name = name or f"train.{method}"
-
-        def model(key, value):
-            value = {} if value is None else value
-            require(isinstance(value, Mapping), key, value, "a mapping of constructor parameters is required")
-            return dict(value)
-
-        fields = {k: v for k, v in given.items()}
-        fields.setdefault("name", method)
-        return build_config(cls, name, fields, {
-            "name": lambda k, v: v,
-            "epochs": lambda k, v: check_integer(k, v, 0),
-            "batch": lambda k, v: check_integer(k, v, 1),
-            "lr": lambda k, v: check_number(k, v, 0.0, strict=True),
-            "weight_decay": lambda k, v: check_number(k, v, 0.0),
-            "model": model,
-        })
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device = 'cuda' is invalid: no CUDA device is available (use 'auto')")
-    return torch.device(device)
-
-
-def build_method(config: MethodConfig, physics: PhysicsOperator, **extra) -> UnmixingMethod:
-    """The registered method with its constructor params (plus ``extra`` objects the pipeline
-    supplies, e.g. a sensor description or a proposal network); bad params become a ConfigError."""
-    try:
-        return get_model(config.name, physics, **config.model, **extra)
-    except KeyError as exc:
-        raise ConfigError(f"train.{config.name}: {exc.args[0]}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"train.{config.name}.model = {config.model!r} is invalid: {exc}") from exc
 
 
 def fingerprint(*parts: Any) -> str:
     """A short hash of JSON-able settings and arrays, to tell whether a checkpoint still applies."""
     digest = hashlib.sha256()
     for part in parts:
-        if isinstance(part, np.ndarray):
-            digest.update(np.ascontiguousarray(part).tobytes())
+        if isinstance(part, (np.ndarray, torch.Tensor)):
+            array = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else part
+            digest.update(str(array.dtype).encode() + str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
@@ -133,55 +83,77 @@ class TrainResult:
     history: list[dict]
 
 
-def train_method(config: MethodConfig, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
-                 validate: Callable[[UnmixingMethod], float], checkpoint: Path, *, progress: bool = True,
-                 on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train one method; a non-trainable method (or ``epochs: 0``) is returned as built, no history.
+def _detached(output: MethodOutput) -> MethodOutput:
+    return dataclasses.replace(output, hr=output.hr.detach())
+
+
+def _checked(loss: torch.Tensor, what: str, spec: MethodSpec, epoch: int, step: int) -> torch.Tensor:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"method {spec.id}: non-finite {what} {loss.item()} at epoch {epoch}, step {step}; "
+                            f"lower methods.{spec.id}.train.lr or check the data")
+    return loss
+
+
+def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
+                 validate: Callable[[UnmixingMethod], float], checkpoint: Path, device: torch.device, *,
+                 progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train the method of ``spec``; a non-trainable one is returned as built, with no history.
 
     ``validate(model) -> float`` scores the model (validation CSO-mAP, higher is better).
-    ``checkpoint``: file holding the state after the last completed epoch; a rerun with the same
-    settings resumes from it. ``on_step(epoch, step)`` is called before each step (tests use it
-    to interrupt a run).
+    ``checkpoint``: file holding the state after the last completed epoch; a rerun from the same
+    inputs resumes from it. ``on_step(epoch, step)`` is called before each step (tests use it to
+    interrupt a run).
     """
-    device = resolve_device(trainer.device)
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(trainer.seed)
-    model = build_method(config, physics).to(device)
-    if not model.trainable or config.epochs == 0:
+    model = build_method(spec, physics, device)
+    if spec.train is None:
         return TrainResult(copy.deepcopy(model.state_dict()), [])
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    key = fingerprint(dataclasses.asdict(config), dataclasses.asdict(trainer), train.lr[:64], len(train))
-    state = _load_checkpoint(checkpoint, key)
+    budget = spec.train
+    adversary = model.adversary()
+    optimizer = torch.optim.Adam(model.generator_parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    critic = (torch.optim.Adam(adversary.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+              if adversary is not None else None)
+    key = fingerprint(dataclasses.asdict(spec), dataclasses.asdict(trainer), dataclasses.asdict(physics.sensor),
+                      physics.phi, physics.qinit, train.lr, train.hr)
+    state = _load_checkpoint(checkpoint, key, spec.id)
     start_epoch, history, best_state, best_score = 0, [], None, -math.inf
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best_state, best_score = state["best_state"], state["best_score"]
     use_amp = trainer.mixed_precision and device.type == "cuda"
     lr_all, hr_all = torch.from_numpy(train.lr), torch.from_numpy(train.hr)
-    epochs = tqdm(range(start_epoch, config.epochs), desc=f"train {config.name}", unit="epoch",
-                  initial=start_epoch, total=config.epochs, disable=not progress)
+    drawn = len(train) if budget.windows_per_epoch is None else min(budget.windows_per_epoch, len(train))
+    epochs = tqdm(range(start_epoch, budget.epochs), desc=f"train {spec.id}", unit="epoch",
+                  initial=start_epoch, total=budget.epochs, disable=not progress)
     for epoch in epochs:
         model.train()
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(trainer.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(trainer.seed * 100_003 + epoch)
+        order = torch.randperm(len(train), generator=generator)[:drawn]
         losses = []
-        for step, start in enumerate(range(0, len(order), config.batch)):
+        for step, start in enumerate(range(0, drawn, budget.batch)):
             if on_step is not None:
                 on_step(epoch, step)
-            index = order[start:start + config.batch]
+            index = order[start:start + budget.batch]
             lr_batch, hr_batch = lr_all[index].to(device), hr_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 output = model(lr_batch)
                 loss, _ = model.loss(output, hr_batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"method {config.name}: non-finite loss {loss.item()} at epoch {epoch}, "
-                                    f"step {step}; lower train.{config.name}.lr or check the data")
+            _checked(loss, "loss", spec, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if critic is not None:
+                critic.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    critic_loss, _ = model.discriminator_loss(_detached(output), hr_batch)
+                _checked(critic_loss, "discriminator loss", spec, epoch, step).backward()
+                critic.step()
             losses.append(loss.item())
         score = validate(model)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score})
@@ -189,22 +161,33 @@ def train_method(config: MethodConfig, trainer: TrainerConfig, physics: PhysicsO
             best_score, best_state = score, copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{history[-1]['train_loss']:.4g}", val_map=f"{score:.2f}")
         _save_checkpoint(checkpoint, {"key": key, "epoch": epoch, "model": model.state_dict(),
-                                      "optimizer": optimizer.state_dict(), "history": history,
-                                      "best_state": best_state, "best_score": best_score})
+                                      "optimizer": optimizer.state_dict(),
+                                      "critic": critic.state_dict() if critic is not None else None,
+                                      "history": history, "best_state": best_state, "best_score": best_score})
     return TrainResult(best_state, history)
 
 
-def _load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at ``path`` if it was written with the same settings, else None."""
-    if not Path(path).is_file():
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _load_checkpoint(path: Path, key: str, method_id: str) -> dict | None:
+    """The checkpoint at ``path`` if it was made from the same inputs, else None (with a notice)."""
+    path = Path(path)
+    if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a checkpoint that cannot be read is ignored: training restarts cleanly
+    except Exception as exc:  # torch raises many types (unpickling, zip, EOF) for a file it cannot read
+        _notice(f"train@{method_id}: ignoring unreadable checkpoint {path} ({type(exc).__name__}); starting afresh")
         return None
-    return state if isinstance(state, dict) and state.get("key") == key else None
+    if not isinstance(state, dict) or state.get("key") != key:
+        _notice(f"train@{method_id}: discarding checkpoint {path}: it was made from other inputs "
+                "(settings, Phi, Q_init, sensor or data); starting afresh")
+        return None
+    return state
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(state_bytes(state))

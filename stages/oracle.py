@@ -1,7 +1,7 @@
 """Stage oracle: the grid-oracle CSO-mAP bound on the test split (params: evaluate)."""
 import argparse
 
-from pipeline.cli import run_stage
+from pipeline.cli import DATASET, run_stage, stage_parser
 from pipeline.config import EvaluateConfig, load_params, section
 from pipeline.coords import Grid
 from pipeline.data import load_split
@@ -17,9 +17,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="stages/oracle.py", description=__doc__)
-    parser.add_argument("--phi", required=True, help="Phi .npy input (gives size and c)")
-    for name in ("frames", "targets", "split"):
-        parser.add_argument(f"--{name}", required=True, help=f"{name} Parquet input")
-    parser.add_argument("--out", required=True, help="bound JSON output")
-    run_stage(main, parser)
+    run_stage(main, stage_parser(__file__, __doc__, inputs=("phi", *DATASET), outputs={"out": "bound JSON output"}))

@@ -1,22 +1,21 @@
-"""Stage phi: the sampling matrix Phi by dblquad (params: simulate.size, simulate.psf_sigma, phi)."""
+"""Stage phi: the sampling matrix Phi by dblquad (params: sensor.size, sensor.psf_sigma, phi)."""
 import argparse
 
-from pipeline.cli import run_stage
-from pipeline.config import PhiConfig, SimulateConfig, load_params, section
+from pipeline.cli import run_stage, stage_parser
+from pipeline.config import PhiConfig, load_params, section
 from pipeline.io import save_array
 from pipeline.physics import build_phi
+from pipeline.sensor import Sensor
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    physics = SimulateConfig.from_section(section(params, "simulate"))
+    sensor = Sensor.from_section(section(params, "sensor"))
     config = PhiConfig.from_section(section(params, "phi"))
-    phi = build_phi(physics.size, config.c, physics.psf_sigma, epsabs=config.epsabs,
-                    epsrel=config.epsrel, progress=True)
+    phi = build_phi(sensor.size, config.c, sensor.psf_sigma, epsabs=config.epsabs, epsrel=config.epsrel,
+                    progress=True)
     save_array(phi, args.out)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="stages/phi.py", description=__doc__)
-    parser.add_argument("--out", required=True, help="Phi .npy, shape (size^2, (c size)^2)")
-    run_stage(main, parser)
+    run_stage(main, stage_parser(__file__, __doc__, outputs={"out": "Phi .npy, shape (size^2, (c size)^2)"}))

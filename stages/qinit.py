@@ -1,7 +1,7 @@
 """Stage qinit: Q_init from the training split only, float64 solve (params: qinit)."""
 import argparse
 
-from pipeline.cli import run_stage
+from pipeline.cli import DATASET, run_stage, stage_parser
 from pipeline.config import QinitConfig, load_params, section
 from pipeline.data import load_split
 from pipeline.io import load_array, save_array
@@ -19,9 +19,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="stages/qinit.py", description=__doc__)
-    parser.add_argument("--phi", required=True, help="Phi .npy input")
-    for name in ("frames", "targets", "split"):
-        parser.add_argument(f"--{name}", required=True, help=f"{name} Parquet input")
-    parser.add_argument("--out", required=True, help="Q_init .npy output, shape ((c size)^2, size^2)")
-    run_stage(main, parser)
+    run_stage(main, stage_parser(__file__, __doc__, inputs=("phi", *DATASET),
+                                 outputs={"out": "Q_init .npy output, shape ((c size)^2, size^2)"}))

@@ -1,7 +1,7 @@
 """Stage split: trajectory-level train/val/test membership (params: split)."""
 import argparse
 
-from pipeline.cli import run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.config import SplitConfig, load_params, section
 from pipeline.io import frame_index, write_table
 from pipeline.split import make_split
@@ -13,7 +13,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="stages/split.py", description=__doc__)
-    parser.add_argument("--frames", required=True, help="frames Parquet input")
-    parser.add_argument("--out", required=True, help="split Parquet output (trajectory, split)")
-    run_stage(main, parser)
+    run_stage(main, stage_parser(__file__, __doc__, inputs=("frames",),
+                                 outputs={"out": "split Parquet output (trajectory, split)"}))

@@ -1,11 +1,15 @@
 import pytest
 
 from pipeline.config import (ConfigError, DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig,
-                             ReportConfig, SimulateConfig, SplitConfig, load_params)
-from pipeline.training import MethodConfig, TrainerConfig
+                             ReportConfig, SimulateConfig, SplitConfig, load_params, read_params, resolve_profile)
+from pipeline.data import scored_frames
+from pipeline.runtime import check_proposals, method_spec
+from pipeline.sensor import Sensor
+from pipeline.training import TrainerConfig
 
 
 def test_repository_params_are_valid(params):
+    Sensor.from_section(params["sensor"])
     SimulateConfig.from_section(params["simulate"])
     PhiConfig.from_section(params["phi"])
     DataConfig.from_section(params["data"])
@@ -15,15 +19,34 @@ def test_repository_params_are_valid(params):
     NoiseSweepConfig.from_section(params["noise_sweep"])
     ReportConfig.from_section(params["report"])
     TrainerConfig.from_section(params["trainer"])
-    for method, section in params["train"].items():
-        MethodConfig.from_section(method, section)
+    for method in params["methods"]:
+        method_spec(params["methods"], method)
+    check_proposals(params["physfit_proposals"], params["methods"])
+
+
+def test_profile_switch_picks_per_profile_values(tmp_path):
+    raw = {"profile": "paper", "trainer": {"val_windows": {"laptop": 2048, "paper": None}},
+           "methods": {"a": {"train": {"epochs": {"laptop": 2, "paper": 200}, "lr": 1e-3}}}}
+    resolved = resolve_profile(raw)
+    assert resolved["trainer"]["val_windows"] is None
+    assert resolved["methods"]["a"]["train"] == {"epochs": 200, "lr": 1e-3}
+    assert resolve_profile({**raw, "profile": "laptop"})["methods"]["a"]["train"]["epochs"] == 2
+    with pytest.raises(ConfigError, match="profile = 'huge' is invalid"):
+        resolve_profile({**raw, "profile": "huge"})
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("trainer:\n  lr: 1e-3\n  flag: yes\n")
+    assert read_params(path)["trainer"] == {"lr": 0.001, "flag": "yes"}  # YAML 1.2, as DVC (ruamel)
 
 
 @pytest.mark.parametrize("section,key,value,fragment", [
     ("noise_sweep", "sigmas", [0, -2], "noise_sweep.sigmas[1] = -2"),
     ("noise_sweep", "sigmas", [], "a non-empty list"),
     ("evaluate", "distance_thresholds", [0.05, 0.0], "evaluate.distance_thresholds[1] = 0.0"),
-    ("trainer", "train_window_stride", 0, "trainer.train_window_stride = 0"),
+    ("trainer", "val_windows", 0, "trainer.val_windows = 0"),
+    ("evaluate", "distance_thresholds", [0.05, 0.051], "share the AP key ap05"),
 ])
 def test_invalid_values_of_other_sections(params, section, key, value, fragment):
     build = {"noise_sweep": NoiseSweepConfig, "evaluate": EvaluateConfig, "trainer": TrainerConfig}[section]
@@ -33,23 +56,38 @@ def test_invalid_values_of_other_sections(params, section, key, value, fragment)
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("psf_sigma", 0.0, "simulate.psf_sigma = 0.0"),
-    ("psf_sigma", -1, "must be > 0"),
     ("k_min", 5, "must not exceed simulate.k_max"),
     ("k_max", 9, "at most 8"),
     ("curves", ["line", "spiral"], "simulate.curves[1] = 'spiral'"),
-    ("bit_depth", 12, "allowed values are [0, 8, 16]"),
     ("trajectories", -3, "simulate.trajectories = -3"),
     ("frames", 2.5, "an integer is required"),
-    ("noise_sigma", -0.1, "simulate.noise_sigma"),
     ("brightness", [250, 220], "low must not exceed high"),
-    ("saturate", "yes", "true or false"),
-    ("size", 10, "must be odd"),
 ])
 def test_invalid_simulate_values_name_key_value_and_rule(params, key, value, fragment):
     with pytest.raises(ConfigError) as error:
         SimulateConfig.from_section({**params["simulate"], key: value})
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("psf_sigma", 0.0, "sensor.psf_sigma = 0.0"),
+    ("psf_sigma", -1, "must be > 0"),
+    ("bit_depth", 12, "allowed values are [0, 8, 16]"),
+    ("noise_sigma", -0.1, "sensor.noise_sigma"),
+    ("saturate", "yes", "true or false"),
+    ("size", 10, "must be odd"),
+])
+def test_invalid_sensor_values_name_key_value_and_rule(params, key, value, fragment):
+    with pytest.raises(ConfigError) as error:
+        Sensor.from_section({**params["sensor"], key: value})
+    assert fragment in str(error.value)
+
+
+def test_sensor_derived_values():
+    assert Sensor(bit_depth=8).full_scale == 255.0 and Sensor(bit_depth=16).full_scale == 65535.0
+    assert Sensor(bit_depth=0).full_scale is None and Sensor(bit_depth=0).quantum == 0.0
+    assert Sensor(bit_depth=8, saturate=False).clip_high is None
+    assert Sensor(noise_sigma=2.0).read_sd == pytest.approx((4 + 1 / 12) ** 0.5)
 
 
 def test_unknown_and_missing_keys(params):
@@ -72,6 +110,8 @@ def test_split_fractions_must_sum_to_one(params):
         SplitConfig.from_section({**params["split"], "fractions": {"train": 0.7, "val": 0.2, "test": 0.2}})
     with pytest.raises(ConfigError, match="exactly the keys"):
         SplitConfig.from_section({**params["split"], "fractions": [0.7, 0.15, 0.15]})
+    with pytest.raises(ConfigError, match="val and test must all be non-empty"):
+        SplitConfig.from_section({**params["split"], "fractions": {"train": 0.85, "val": 0.0, "test": 0.15}})
 
 
 def test_official_source_needs_existing_root(tmp_path):
@@ -82,9 +122,11 @@ def test_official_source_needs_existing_root(tmp_path):
     assert DataConfig.from_section({"source": "official", "official_root": str(tmp_path)}).source == "official"
 
 
-def test_evaluate_window_must_be_odd(params):
+def test_evaluate_window_must_be_odd_and_fit_the_trajectories(params):
     with pytest.raises(ConfigError, match="evaluate.window = 4"):
         EvaluateConfig.from_section({**params["evaluate"], "window": 4})
+    with pytest.raises(ConfigError, match="evaluate.window = 7 is invalid: longer than the 5 frames"):
+        scored_frames(5, 7)
 
 
 def test_missing_params_file_is_named(tmp_path):

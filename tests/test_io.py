@@ -13,8 +13,8 @@ from pipeline.split import make_split
 
 
 @pytest.fixture()
-def dataset(small_simulate, params):
-    frames, targets = simulate(small_simulate)
+def dataset(small_simulate, params, sensor):
+    frames, targets = simulate(small_simulate, sensor)
     split = make_split(frames, SplitConfig.from_section(params["split"]))
     return frames, targets, split
 

@@ -1,20 +1,29 @@
 """Tests of pipeline.methods: registry, physics object, every registered method, losses."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.coords import Grid
+from pipeline.config import load_params
+from pipeline.data import Windows
 from pipeline.methods import (MethodOutput, PhysicsOperator, UnmixingMethod, available_models,
-                              get_model, register_model)
+                              get_model, method_class, register_model)
+from pipeline.runtime import MethodSpec, TrainBudget, method_spec
+from pipeline.training import TrainerConfig, train_method
 from pipeline.physics import build_phi_closed_form
 
 SIZE, C, SIGMA = 11, 3, 0.5
 GRID = Grid(SIZE, C)
 WINDOW = 5
-ALL_METHODS = ("ista", "ista_net", "ista_net_plus", "srcnn")
-FAST_SETTINGS = {"ista": {"iterations": 20}, "physfit": {"lm_iterations": 5, "k_max": 2}}  # quick variants
+
+
+def smoke(name: str, physics: PhysicsOperator) -> UnmixingMethod:
+    """A quick instance of a registered method (its declared ``smoke_params``)."""
+    return get_model(name, physics, **method_class(name).smoke_params)
 
 
 def sparse_maps(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -57,11 +66,15 @@ def dataset(phi) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------- registry
 
 
-def test_all_methods_registered():
-    assert set(ALL_METHODS) <= set(available_models())
+def test_every_registered_method_is_in_the_pipeline():
+    """params.yaml ``methods`` holds every registered method, each entry valid (module included)."""
+    methods = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["methods"]
+    assert set(available_models()) <= {methods[key].get("method", key) for key in methods}
+    for key in methods:
+        spec = method_spec(methods, key)
+        assert spec.trainable == method_class(spec.name).trainable
     assert available_models() == sorted(available_models())
     assert "ista" not in available_models(trainable=True)
-    assert available_models(trainable=False) == ["ista", "physfit"]
 
 
 def test_duplicate_name_raises():
@@ -84,7 +97,7 @@ def test_registering_a_non_method_raises():
 def test_unknown_name_lists_available(physics):
     with pytest.raises(KeyError) as info:
         get_model("no_such_method", physics)
-    for name in ALL_METHODS:
+    for name in available_models():
         assert name in str(info.value)
 
 
@@ -137,7 +150,7 @@ def test_physics_rejects_bad_shapes(phi):
 @pytest.mark.parametrize("name", available_models())
 def test_forward_shape_and_finite(name, physics, dataset):
     lr, _ = dataset
-    model = get_model(name, physics)
+    model = smoke(name, physics)
     with torch.no_grad():
         output = model(lr[:4])
     assert isinstance(output, MethodOutput)
@@ -148,11 +161,9 @@ def test_forward_shape_and_finite(name, physics, dataset):
 @pytest.mark.parametrize("name", available_models())
 def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
     lr, _ = dataset
-    model = get_model(name, physics)
+    model = smoke(name, physics)
     if model.window != 1:
         pytest.skip(f"{name} is multi-frame")
-    if not model.trainable:
-        model = get_model(name, physics, iterations=20)
     scrambled = lr[:2].clone()
     scrambled[:, [0, 1, 3, 4]] = torch.rand_like(scrambled[:, [0, 1, 3, 4]]) * 255
     with torch.no_grad():
@@ -167,8 +178,8 @@ def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
 def test_training_smoke(name, physics, dataset):
     lr, target = dataset
     torch.manual_seed(0)
-    model = get_model(name, physics)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = smoke(name, physics)
+    optimiser = torch.optim.Adam(model.generator_parameters(), lr=1e-3)
     losses = []
     for _ in range(30):
         total, components = model.loss(model(lr), target)
@@ -184,7 +195,7 @@ def test_training_smoke(name, physics, dataset):
 @pytest.mark.parametrize("name", available_models())
 def test_physics_is_buffers_and_moves(name, physics, dataset):
     lr, _ = dataset
-    fast = FAST_SETTINGS.get(name, {})
+    fast = method_class(name).smoke_params
     model = get_model(name, physics, **fast)
     state = model.state_dict()
     assert {"physics.phi", "physics.qinit"} <= set(state)
@@ -203,6 +214,26 @@ def test_physics_is_buffers_and_moves(name, physics, dataset):
             output = model_gpu(lr[:2].cuda())
         assert output.hr.device.type == "cuda"
         torch.testing.assert_close(output.hr.cpu(), model.cpu()(lr[:2]).hr, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", available_models(trainable=True))
+def test_a_few_steps_through_the_one_trainer(name, physics, dataset, tmp_path):
+    """Every trainable method trains through train_method (generator and, for adversarial
+    methods, discriminator steps): finite history and every trainable parameter updated."""
+    lr, target = dataset
+    windows = Windows(lr.numpy(), target.numpy(), np.arange(len(lr)), np.full(len(lr), 2))
+    spec = MethodSpec(name, name, "", dict(method_class(name).smoke_params),
+                      TrainBudget(epochs=2, windows_per_epoch=None, batch=4, lr=1e-3, weight_decay=0.0))
+    trainer = TrainerConfig(device="cpu", seed=0, mixed_precision=False, eval_batch=8, threads=0, val_windows=None)
+    torch.manual_seed(0)
+    before = {key: value.clone() for key, value in smoke(name, physics).state_dict().items()}
+    result = train_method(spec, trainer, physics, windows, lambda model: 0.0, tmp_path / "c.pt",
+                          torch.device("cpu"), progress=False)
+    assert len(result.history) == 2 and all(np.isfinite(row["train_loss"]) for row in result.history)
+    model = smoke(name, physics)
+    trained = {key for key, _ in model.named_parameters()}
+    changed = {key for key in trained if not torch.equal(before[key], result.best_state[key])}
+    assert changed == trained, f"parameters never updated: {sorted(trained - changed)}"
 
 
 def test_loss_rejects_shape_mismatch(physics, dataset):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluation import pr_curve_table
-from pipeline.reports import build_table7, figure_windows, profile_label, to_latex, to_markdown
+from pipeline.reports import build_table7, figure_windows, profile_label, profile_name, to_latex, to_markdown
 
 PUBLISHED = pd.DataFrame({
     "method_id": ["ista", "srcnn", "derefnet"], "family": ["traditional", "super_resolution", "multi_frame"],
@@ -29,15 +29,23 @@ def test_table7_puts_ours_beside_published_grouped_by_family():
     assert table[table["method"] == "DeRefNet"].iloc[0]["cso_map"] == "— (51.55)"  # published only
     assert table[table["method"] == "PhysFit"].iloc[0]["cso_map"] == "95.50"  # ours only
     markdown = to_markdown(table, "Table VII", ["Profile: laptop"])
-    assert "| **Super-resolution** |" in markdown and "| SRCNN | 15.84K |" in markdown
+    assert "| **Super resolution** |" in markdown and "| SRCNN | 15.84K |" in markdown
     assert "Grid oracle" in markdown
     latex = to_latex(table, "Table VII")
     assert "\\toprule" in latex and "40.12 (49.64)" in latex and "--" in latex
 
 
-def test_profile_label_says_laptop_or_paper():
-    assert profile_label(400, {"srcnn": 20, "ista": 0}).startswith("laptop profile: 400 trajectories; epochs srcnn 20")
-    assert profile_label(5000, {"srcnn": 200}).startswith("paper scale")
+def test_profile_label_names_profile_data_and_budgets():
+    label = profile_label(profile_name({"profile": "laptop"}), 5000, {"srcnn": "8 x 8192"})
+    assert label.startswith("laptop profile: 5,000 trajectories") and "srcnn 8 x 8192" in label
+    assert profile_name({"profile": "paper"}) == "paper scale"
+
+
+def test_a_new_family_needs_no_table_edit():
+    results = {"toy": _result(12.0)}
+    table = build_table7(results, {"toy": ("brand_new_family", "Toy")}, PUBLISHED, ORACLE)
+    assert list(table["family"])[-3:] == ["brand_new_family", "bound", "bound"]
+    assert "| **Brand new family** |" in to_markdown(table, "T", [])
 
 
 def test_figure_windows_are_spread_and_unique():

@@ -6,11 +6,14 @@ import pytest
 
 from pipeline.config import ConfigError, SimulateConfig
 from pipeline.physics import render
+from pipeline.sensor import Sensor
 from pipeline.simulate import simulate, simulate_arrays
 
+SENSOR = Sensor()  # the default 8-bit saturating sensor of DESIGN.md
 
-def test_tables_follow_the_data_contract(small_simulate):
-    frames, targets = simulate(small_simulate)
+
+def test_tables_follow_the_data_contract(small_simulate, sensor):
+    frames, targets = simulate(small_simulate, sensor)
     assert list(frames.columns) == ["trajectory", "frame", "image", "n_targets"]
     assert list(targets.columns) == ["trajectory", "frame", "target", "x", "y", "brightness"]
     assert len(frames) == 12 * small_simulate["frames"]
@@ -19,18 +22,18 @@ def test_tables_follow_the_data_contract(small_simulate):
     assert np.array_equal(counts, frames["n_targets"].to_numpy())
 
 
-def test_same_params_same_bytes_and_seed_matters(small_simulate):
-    a_frames, a_targets = simulate(small_simulate)
-    b_frames, b_targets = simulate(small_simulate)
+def test_same_params_same_bytes_and_seed_matters(small_simulate, sensor):
+    a_frames, a_targets = simulate(small_simulate, sensor)
+    b_frames, b_targets = simulate(small_simulate, sensor)
     assert np.array_equal(np.stack(a_frames["image"]), np.stack(b_frames["image"]))
     pd.testing.assert_frame_equal(a_targets, b_targets)
-    c_frames, _ = simulate({**small_simulate, "seed": small_simulate["seed"] + 1})
+    c_frames, _ = simulate({**small_simulate, "seed": small_simulate["seed"] + 1}, sensor)
     assert not np.array_equal(np.stack(a_frames["image"]), np.stack(c_frames["image"]))
 
 
-def test_counts_spacing_brightness_and_field_of_view(params):
+def test_counts_spacing_brightness_and_field_of_view(params, sensor):
     config = SimulateConfig.from_section({**params["simulate"], "trajectories": 200})
-    sim = simulate_arrays(config)
+    sim = simulate_arrays(config, sensor)
     active = sim["active"][:, 0]  # (T, K)
     k = active.sum(axis=1)
     assert set(np.unique(k)) == set(range(config.k_min, config.k_max + 1))
@@ -42,13 +45,13 @@ def test_counts_spacing_brightness_and_field_of_view(params):
     brightness = sim["brightness"][sim["active"]]
     assert brightness.min() >= 220 and brightness.max() <= 250
     assert np.allclose(sim["brightness"], sim["brightness"][:, :1])  # constant along a trajectory
-    assert x[sim["active"]].min() > -0.5 and x[sim["active"]].max() < config.size - 0.5
-    assert y[sim["active"]].min() > -0.5 and y[sim["active"]].max() < config.size - 0.5
+    assert x[sim["active"]].min() > -0.5 and x[sim["active"]].max() < sensor.size - 0.5
+    assert y[sim["active"]].min() > -0.5 and y[sim["active"]].max() < sensor.size - 0.5
 
 
 def _four_target_arrays(params, **changes):
     section = {**params["simulate"], "trajectories": 100, "k_min": 4, "k_max": 4, **changes}
-    return SimulateConfig.from_section(section), simulate_arrays(SimulateConfig.from_section(section))
+    return SimulateConfig.from_section(section), simulate_arrays(SimulateConfig.from_section(section), SENSOR)
 
 
 def test_reference_point_motion(params):
@@ -57,8 +60,8 @@ def test_reference_point_motion(params):
     steps = np.diff(ref_x, axis=1)
     assert np.allclose(np.abs(steps), config.step)
     x0 = ref_x[:, 0]
-    assert np.allclose(x0, np.round(x0)) and x0.min() >= 1 and x0.max() <= config.size - 2
-    assert np.all(np.sign(steps[:, 0]) == np.where(x0 < (config.size - 1) / 2, 1, -1))
+    assert np.allclose(x0, np.round(x0)) and x0.min() >= 1 and x0.max() <= SENSOR.size - 2
+    assert np.all(np.sign(steps[:, 0]) == np.where(x0 < (SENSOR.size - 1) / 2, 1, -1))
     assert np.all(np.abs(np.diff(ref_y, axis=1)) < 2 * config.step)  # a smooth curve
 
 
@@ -74,29 +77,30 @@ def test_outward_drift_per_frame(params):
 
 
 def test_frames_render_continuous_positions_then_sensor(params, small_simulate):
-    float_config = {**small_simulate, "bit_depth": 0}
-    sim = simulate_arrays(SimulateConfig.from_section(float_config))
+    config = SimulateConfig.from_section(small_simulate)
+    sim = simulate_arrays(config, Sensor(bit_depth=0))
     t, f = 3, 7
     targets = np.column_stack([sim["x"][t, f], sim["y"][t, f], sim["brightness"][t, f]])
     assert np.allclose(sim["images"][t, f], render(targets), atol=1e-4)
-    eight_bit = simulate_arrays(SimulateConfig.from_section(small_simulate))["images"]
+    eight_bit = simulate_arrays(config, SENSOR)["images"]
     assert np.array_equal(eight_bit, np.clip(np.round(sim["images"].astype(np.float64)), 0, 255))
     assert eight_bit.max() == 255  # 4-target groups saturate
 
 
 def test_noise_is_added_with_the_configured_sigma(small_simulate):
-    clean = simulate_arrays(SimulateConfig.from_section({**small_simulate, "bit_depth": 0}))["images"]
-    noisy = simulate_arrays(SimulateConfig.from_section({**small_simulate, "bit_depth": 0, "noise_sigma": 3.0}))
+    config = SimulateConfig.from_section(small_simulate)
+    clean = simulate_arrays(config, Sensor(bit_depth=0))["images"]
+    noisy = simulate_arrays(config, Sensor(bit_depth=0, noise_sigma=3.0))
     assert np.std(noisy["images"] - clean) == pytest.approx(3.0, rel=0.05)
 
 
 def test_circle_radius_must_fit_the_path(small_simulate):
     with pytest.raises(ConfigError, match="simulate.circle_radius"):
-        simulate({**small_simulate, "circle_radius": [1.0, 2.0]})
+        simulate({**small_simulate, "circle_radius": [1.0, 2.0]}, SENSOR)
 
 
 def test_eight_target_variant_uses_diagonals(small_simulate):
-    sim = simulate_arrays(SimulateConfig.from_section({**small_simulate, "k_min": 8, "k_max": 8}))
+    sim = simulate_arrays(SimulateConfig.from_section({**small_simulate, "k_min": 8, "k_max": 8}), SENSOR)
     assert sim["active"].all()
     angles = np.arctan2(sim["y"][:, 0] - sim["y"][:, 0].mean(1, keepdims=True),
                         sim["x"][:, 0] - sim["x"][:, 0].mean(1, keepdims=True))
@@ -105,5 +109,5 @@ def test_eight_target_variant_uses_diagonals(small_simulate):
 
 def test_config_object_is_accepted(small_simulate):
     config = SimulateConfig.from_section(small_simulate)
-    frames, _ = simulate(dataclasses.replace(config, trajectories=2))
+    frames, _ = simulate(dataclasses.replace(config, trajectories=2), SENSOR)
     assert frames["trajectory"].nunique() == 2

@@ -9,7 +9,9 @@ from pipeline.coords import Grid
 from pipeline.data import Windows
 from pipeline.methods import PhysicsOperator
 from pipeline.physics import build_phi_closed_form, render_batch
-from pipeline.training import MethodConfig, TrainerConfig, TrainingError, build_method, train_method
+from pipeline.runtime import MethodSpec, TrainBudget, build_method, method_spec
+from pipeline.sensor import Sensor
+from pipeline.training import TrainerConfig, TrainingError, train_method
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +32,13 @@ def tiny():
     return PhysicsOperator(phi, qinit), windows
 
 
-TRAINER = TrainerConfig(device="cpu", seed=3, mixed_precision=False, eval_batch=64, threads=0, train_window_stride=1)
+TRAINER = TrainerConfig(device="cpu", seed=3, mixed_precision=False, eval_batch=64, threads=0, val_windows=None)
+CPU = torch.device("cpu")
 
 
-def _config(epochs=3, **model):
-    return MethodConfig(name="srcnn", epochs=epochs, batch=16, lr=1e-3, weight_decay=0.0, model=model)
+def _config(epochs=3, lr=1e-3, windows=None, **model):
+    budget = TrainBudget(epochs=epochs, windows_per_epoch=windows, batch=16, lr=lr, weight_decay=0.0)
+    return MethodSpec(id="srcnn", name="srcnn", module="srcnn.py", model=model, train=budget)
 
 
 def _validate(model) -> float:
@@ -43,7 +47,7 @@ def _validate(model) -> float:
 
 def test_interrupted_run_resumes_to_identical_weights(tiny, tmp_path):
     physics, windows = tiny
-    straight = train_method(_config(), TRAINER, physics, windows, _validate, tmp_path / "a.pt", progress=False)
+    straight = train_method(_config(), TRAINER, physics, windows, _validate, tmp_path / "a.pt", CPU, progress=False)
 
     def interrupt(epoch, step):
         if epoch == 1 and step == 2:
@@ -51,10 +55,11 @@ def test_interrupted_run_resumes_to_identical_weights(tiny, tmp_path):
 
     checkpoint = tmp_path / "b.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_method(_config(), TRAINER, physics, windows, _validate, checkpoint, progress=False, on_step=interrupt)
+        train_method(_config(), TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                       on_step=interrupt)
     assert checkpoint.is_file()  # epoch 0 was saved
     resumed_from = []
-    resumed = train_method(_config(), TRAINER, physics, windows, _validate, checkpoint, progress=False,
+    resumed = train_method(_config(), TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
                            on_step=lambda e, s: resumed_from.append(e))
     assert min(resumed_from) == 1  # epoch 0 was not trained again
     for key, value in straight.best_state.items():
@@ -62,20 +67,71 @@ def test_interrupted_run_resumes_to_identical_weights(tiny, tmp_path):
     assert [row["train_loss"] for row in straight.history] == [row["train_loss"] for row in resumed.history]
 
 
-def test_a_checkpoint_of_other_settings_is_ignored(tiny, tmp_path):
-    physics, windows = tiny
+def _first_epoch_after_checkpoint(tiny, tmp_path, capsys, config, physics, rerun_windows=None) -> int:
+    """Train 1 of 2 epochs, then rerun with ``config`` on ``physics``: the epoch it starts at."""
+    _, windows = tiny
     checkpoint = tmp_path / "c.pt"
-    train_method(_config(epochs=1), TRAINER, physics, windows, _validate, checkpoint, progress=False)
+
+    def stop(epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_method(_config(epochs=2), TRAINER, tiny[0], windows, _validate, checkpoint, CPU, progress=False,
+                     on_step=stop)
+    capsys.readouterr()
     steps = []
-    other = MethodConfig(name="srcnn", epochs=1, batch=16, lr=5e-4, weight_decay=0.0, model={})
-    train_method(other, TRAINER, physics, windows, _validate, checkpoint, progress=False,
+    train_method(config, TRAINER, physics, rerun_windows or windows, _validate, checkpoint, CPU, progress=False,
                  on_step=lambda e, s: steps.append(e))
-    assert steps and steps[0] == 0
+    return steps[0]
+
+
+def test_checkpoint_of_the_same_inputs_is_resumed(tiny, tmp_path, capsys):
+    assert _first_epoch_after_checkpoint(tiny, tmp_path, capsys, _config(epochs=2), tiny[0]) == 1
+    assert "discarding" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", ["settings", "qinit", "sensor", "grid"])
+def test_checkpoint_from_other_inputs_is_discarded_with_a_notice(tiny, tmp_path, capsys, change):
+    physics, windows = tiny
+    config, rerun_windows = _config(epochs=2), None
+    phi, qinit = physics.phi.double().numpy(), physics.qinit.double().numpy()
+    if change == "settings":
+        config = _config(epochs=2, lr=5e-4)
+    elif change == "qinit":
+        physics = PhysicsOperator(phi, qinit * 1.01)
+    elif change == "sensor":
+        physics = physics.with_sensor(Sensor(noise_sigma=3.0))
+    else:  # another grid (phi.c): the old weights would not even fit a c = 5 model of other physics
+        grid = Grid(11, 5)
+        physics = PhysicsOperator(build_phi_closed_form(11, 5), np.zeros((grid.n_hr, grid.n_lr)))
+        rerun_windows = Windows(windows.lr, np.zeros((len(windows), 55, 55), np.float32), windows.t, windows.f)
+    assert _first_epoch_after_checkpoint(tiny, tmp_path, capsys, config, physics, rerun_windows) == 0
+    assert "discarding checkpoint" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoint_is_ignored_with_a_notice(tiny, tmp_path, capsys):
+    physics, windows = tiny
+    checkpoint = tmp_path / "bad.pt"
+    checkpoint.write_bytes(b"this is not a torch checkpoint")
+    steps = []
+    train_method(_config(epochs=1), TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                 on_step=lambda e, s: steps.append(e))
+    assert steps[0] == 0 and "ignoring unreadable checkpoint" in capsys.readouterr().err
+
+
+def test_windows_per_epoch_limits_the_steps(tiny, tmp_path):
+    physics, windows = tiny
+    steps = []
+    train_method(_config(epochs=2, windows=20), TRAINER, physics, windows, _validate, tmp_path / "w.pt", CPU,
+                 progress=False, on_step=lambda e, s: steps.append((e, s)))
+    assert steps == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 20 windows in batches of 16
 
 
 def test_loss_decreases_and_history_is_complete(tiny, tmp_path):
     physics, windows = tiny
-    result = train_method(_config(epochs=4), TRAINER, physics, windows, _validate, tmp_path / "d.pt", progress=False)
+    result = train_method(_config(epochs=4), TRAINER, physics, windows, _validate, tmp_path / "d.pt", CPU,
+                          progress=False)
     losses = [row["train_loss"] for row in result.history]
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
     assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
@@ -86,26 +142,33 @@ def test_non_finite_loss_names_method_epoch_and_step(tiny, tmp_path):
     broken = Windows(windows.lr.copy(), windows.hr.copy(), windows.t, windows.f)
     broken.hr[5, 0, 0] = np.inf
     with pytest.raises(TrainingError, match=r"method srcnn: non-finite loss .* at epoch 0, step \d"):
-        train_method(_config(), TRAINER, physics, broken, _validate, tmp_path / "e.pt", progress=False)
+        train_method(_config(), TRAINER, physics, broken, _validate, tmp_path / "e.pt", CPU, progress=False)
 
 
 def test_non_trainable_method_is_returned_as_built(tiny, tmp_path):
     physics, windows = tiny
-    config = MethodConfig(name="ista", epochs=0, batch=1, lr=1e-4, weight_decay=0.0, model={"iterations": 5})
+    config = MethodSpec(id="ista", name="ista", module="ista.py", model={"iterations": 5}, train=None)
     result = train_method(config, TRAINER, physics, windows, lambda m: pytest.fail("validated"),
-                          tmp_path / "f.pt", progress=False)
+                          tmp_path / "f.pt", CPU, progress=False)
     assert result.history == [] and "physics.phi" in result.best_state
     assert not (tmp_path / "f.pt").exists()
 
 
 def test_bad_method_settings_are_config_errors(tiny):
     physics, _ = tiny
-    with pytest.raises(ConfigError, match="train.srcnn.model"):
+    with pytest.raises(ConfigError, match="methods.srcnn.model"):
         build_method(_config(depth=3), physics)
-    with pytest.raises(ConfigError, match="train.nope"):
-        build_method(MethodConfig(name="nope", epochs=1, batch=1, lr=1.0, weight_decay=0.0, model={}), physics)
-    with pytest.raises(ConfigError, match="train.srcnn.lr = 0"):
-        MethodConfig.from_section("srcnn", {"epochs": 1, "batch": 1, "lr": 0, "weight_decay": 0, "model": {}})
+    train = {"epochs": 1, "windows_per_epoch": None, "batch": 1, "lr": 0, "weight_decay": 0}
+    with pytest.raises(ConfigError, match="methods.srcnn.train.lr = 0"):
+        method_spec({"srcnn": {"module": "srcnn.py", "model": {}, "train": train}}, "srcnn")
+    with pytest.raises(ConfigError, match="methods.nope"):
+        method_spec({"nope": {"module": "nope.py"}}, "nope")
+    with pytest.raises(ConfigError, match="methods.srcnn.module = 'istanet.py'.*srcnn.py"):
+        method_spec({"srcnn": {"module": "istanet.py", "model": {}, "train": {**train, "lr": 1e-3}}}, "srcnn")
+    with pytest.raises(ConfigError, match="methods.srcnn.train = None.*trainable"):
+        method_spec({"srcnn": {"module": "srcnn.py", "model": {}}}, "srcnn")
+    with pytest.raises(ConfigError, match="methods.ista.train .*nothing to train"):
+        method_spec({"ista": {"module": "ista.py", "model": {}, "train": train}}, "ista")
     with pytest.raises(ConfigError, match="trainer.device = 'tpu'"):
         TrainerConfig.from_section({"device": "tpu", "seed": 0, "mixed_precision": True, "eval_batch": 1,
-                                    "threads": 0, "train_window_stride": 1})
+                                    "threads": 0, "val_windows": None})

@@ -23,6 +23,7 @@ class ClassicISTA(UnmixingMethod):
     label = "ISTA"
 
     trainable = False
+    smoke_params = {"iterations": 20}
 
     def __init__(self, physics: PhysicsOperator, iterations: int = 3000, lam: float = 1.0,
                  tol: float = 1e-4, faithful_return_previous: bool = False) -> None:

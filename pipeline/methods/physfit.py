@@ -33,17 +33,18 @@ class PhysFit(UnmixingMethod):
     label = "PhysFit"
     trainable = False
     window = 5
-    uses_sensor_model = True
+    smoke_params = {"lm_iterations": 5, "k_max": 2}
 
-    def __init__(self, physics: PhysicsOperator, psf_sigma: float = 0.5, bit_depth: int = 8,
-                 saturate: bool = True, noise_sigma: float = 0.0, multi_frame: bool = True,
+    def __init__(self, physics: PhysicsOperator, multi_frame: bool = True,
                  proposal: UnmixingMethod | None = None, **settings) -> None:
         super().__init__(physics)
         unknown = sorted(set(settings) - SETTING_NAMES)
         if unknown:
             raise TypeError(f"physfit got unknown setting(s) {', '.join(unknown)}")
-        self.settings = PhysFitSettings.for_sensor(bit_depth=bit_depth, noise_sigma=noise_sigma, saturate=saturate,
-                                                   size=physics.grid.size, psf_sigma=psf_sigma, **settings)
+        sensor = physics.sensor
+        self.settings = PhysFitSettings.for_sensor(bit_depth=sensor.bit_depth, noise_sigma=sensor.noise_sigma,
+                                                   saturate=sensor.saturate, size=physics.grid.size,
+                                                   psf_sigma=sensor.psf_sigma, **settings)
         self.multi_frame = bool(multi_frame)
         self.window = 5 if self.multi_frame else 1
         self.proposal = proposal

@@ -78,5 +78,5 @@ def method_info(name: str) -> tuple[str, str]:
 
 
 def method_module(name: str) -> str:
-    """The file stem under pipeline/methods of the module that registers ``name`` (DVC deps)."""
-    return _lookup(name).__module__.rsplit(".", 1)[-1]
+    """The module (file stem or package) under pipeline/methods that registers ``name`` (DVC deps)."""
+    return _lookup(name).__module__.split(".")[2]

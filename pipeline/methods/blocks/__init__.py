@@ -1,4 +1,4 @@
-"""Building blocks shared by several methods."""
+"""Building blocks shared by several methods (every method's stages depend on this package)."""
 from __future__ import annotations
 
 import torch

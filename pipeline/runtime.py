@@ -1,0 +1,180 @@
+"""The one place that turns params.yaml entries into runnable methods.
+
+``methods.<id>`` in params.yaml names a registered method, the file under ``pipeline/methods`` that
+registers it (DVC's per-method dependency), its constructor params (``model``) and, for trainable
+methods only, its training budget (``train``). :func:`method_spec` validates such an entry,
+:func:`build_method` constructs it on a physics object (Phi, Q_init, sensor) and device, and
+:func:`build_for_evaluation` adds the trained weights and, for ``physfit_<network>`` ids, the
+proposal network. :func:`resolve_device` picks the device once per stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from pipeline.config import (ConfigError, build_config, check_integer, check_number, require)
+from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
+from pipeline.methods.registry import method_module
+from pipeline.stage_io import load_state
+
+DEVICES = ("auto", "cpu", "cuda")
+PROPOSAL_PREFIX = "physfit_"  # physfit_<network>: PhysFit seeded by a trained network's HR maps
+PROPOSAL_METHOD = "physfit"
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device = 'cuda' is invalid: no CUDA device is available (use 'auto')")
+    if device not in DEVICES:
+        raise ConfigError(f"trainer.device = {device!r} is invalid: allowed values are {list(DEVICES)}")
+    return torch.device(device)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBudget:
+    """Optimiser and budget of a trainable method (``methods.<id>.train``).
+
+    ``epochs`` passes of ``windows_per_epoch`` training windows each, drawn afresh every epoch by
+    a seeded shuffle of all training windows (None = every window once per epoch); Adam with
+    ``lr`` and ``weight_decay`` on batches of ``batch`` windows (the discriminator of an
+    adversarial method uses the same settings).
+    """
+
+    epochs: int
+    windows_per_epoch: int | None
+    batch: int
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str) -> "TrainBudget":
+        return build_config(cls, name, given, {
+            "epochs": lambda k, v: check_integer(k, v, 1),
+            "windows_per_epoch": lambda k, v: None if v is None else check_integer(k, v, 1),
+            "batch": lambda k, v: check_integer(k, v, 1),
+            "lr": lambda k, v: check_number(k, v, 0.0, strict=True),
+            "weight_decay": lambda k, v: check_number(k, v, 0.0),
+        })
+
+    def steps_per_epoch(self, n_windows: int) -> int:
+        """Optimiser steps in one epoch over a training set of ``n_windows`` windows."""
+        drawn = n_windows if self.windows_per_epoch is None else min(self.windows_per_epoch, n_windows)
+        return -(-drawn // self.batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One validated ``methods.<id>`` entry: registered ``name``, ``module`` (path under
+    pipeline/methods), constructor ``model`` params and, when trainable, its ``train`` budget."""
+
+    id: str
+    name: str
+    module: str
+    model: dict
+    train: TrainBudget | None
+
+    @property
+    def trainable(self) -> bool:
+        return self.train is not None
+
+
+_ENTRY_KEYS = {"module", "model", "train", "method"}
+
+
+def method_spec(methods: Mapping, method_id: str) -> MethodSpec:
+    """Validate ``methods.<method_id>`` against the registry; a ConfigError names the bad key."""
+    key = f"methods.{method_id}"
+    if method_id not in methods:
+        raise ConfigError(f"method {method_id!r} is not a key of params.yaml methods "
+                          f"(known: {', '.join(methods)})")
+    entry = methods[method_id]
+    require(isinstance(entry, Mapping), key, entry, "a mapping with module, model and (if trainable) train")
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]} is not a known key; allowed keys are {sorted(_ENTRY_KEYS)}")
+    name = entry.get("method", method_id)
+    require(name in available_models(), f"{key}.method" if "method" in entry else key, name,
+            f"not a registered method; registered: {', '.join(available_models())}")
+    cls = method_class(name)
+    module = entry.get("module")
+    expected = method_module(name)
+    require(module in (f"{expected}.py", expected), f"{key}.module", module,
+            f"{name} is registered in pipeline/methods/{expected}.py: write '{expected}.py'"
+            if not (Path(__file__).parent / "methods" / expected).is_dir() else
+            f"{name} is registered in the package pipeline/methods/{expected}: write '{expected}'")
+    model = entry.get("model") or {}
+    require(isinstance(model, Mapping), f"{key}.model", model, "a mapping of constructor parameters is required")
+    train = entry.get("train")
+    if cls.trainable:
+        require(isinstance(train, Mapping), f"{key}.train", train,
+                f"{name} is trainable: a mapping with {[f.name for f in dataclasses.fields(TrainBudget)]} is required")
+        budget = TrainBudget.from_section(train, f"{key}.train")
+    else:
+        require(train is None, f"{key}.train", train, f"{name} has nothing to train: remove the key")
+        budget = None
+    return MethodSpec(method_id, name, module, dict(model), budget)
+
+
+def proposal_of(method_id: str, methods: Mapping) -> str | None:
+    """The network id of a ``physfit_<network>`` id (None for a plain ``methods`` entry)."""
+    if method_id in methods or not method_id.startswith(PROPOSAL_PREFIX):
+        return None
+    return method_id[len(PROPOSAL_PREFIX):]
+
+
+def build_method(spec: MethodSpec, physics: PhysicsOperator, device: torch.device | str = "cpu",
+                 **objects: Any) -> UnmixingMethod:
+    """The method of ``spec`` on ``physics`` and ``device``; ``objects`` are pipeline-made
+    constructor arguments (e.g. a proposal network). Bad params become a ConfigError."""
+    try:
+        model = get_model(spec.name, physics, **spec.model, **objects)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"methods.{spec.id}.model = {spec.model!r} is invalid: {exc}") from exc
+    return model.to(device)
+
+
+def build_for_evaluation(method_id: str, methods: Mapping, physics: PhysicsOperator, models: str | Path,
+                         device: torch.device | str = "cpu") -> UnmixingMethod:
+    """A method ready to score: a ``methods`` entry with its trained weights from
+    ``models``/<id>.pt, or ``physfit_<network>`` (``methods.physfit`` seeded by that network)."""
+    network = proposal_of(method_id, methods)
+    if network is not None:
+        proposal = build_for_evaluation(network, methods, physics, models, device)
+        spec = method_spec(methods, PROPOSAL_METHOD)
+        return build_method(spec, physics, device, proposal=proposal)
+    spec = method_spec(methods, method_id)
+    model = build_method(spec, physics, device)
+    if spec.trainable:
+        load_state(model, spec.id, Path(models) / f"{spec.id}.pt")
+    return model
+
+
+def evaluated_ids(methods: Mapping, proposals: list | None) -> list[str]:
+    """Every id the pipeline scores: the ``methods`` entries, then ``physfit_<network>``."""
+    return list(methods) + [PROPOSAL_PREFIX + network for network in proposals or []]
+
+
+def method_label(method_id: str, methods: Mapping) -> tuple[str, str]:
+    """(family, display label) of an evaluated id, for tables and figures."""
+    network = proposal_of(method_id, methods)
+    if network is not None:
+        cls = method_class(PROPOSAL_METHOD)
+        return cls.family, f"{cls.label} ← {method_label(network, methods)[1]} proposals"
+    cls = method_class(methods[method_id].get("method", method_id))
+    return cls.family, cls.label or method_id
+
+
+def check_proposals(proposals: Any, methods: Mapping) -> list[str]:
+    """``physfit_proposals``: a list of trainable ``methods`` ids (ConfigError otherwise)."""
+    proposals = [] if proposals is None else proposals
+    require(isinstance(proposals, list), "physfit_proposals", proposals, "a list of method ids")
+    for i, network in enumerate(proposals):
+        require(network in methods and method_spec(methods, network).trainable, f"physfit_proposals[{i}]",
+                network, f"a trainable method of params.yaml methods ({', '.join(methods)})")
+    return proposals
