@@ -19,6 +19,7 @@ INPUTS = {
     "models": "folder of trained models (<method id>.pt)",
     "metrics_dir": "folder of per-method metrics JSON",
     "predictions_dir": "folder of per-method test HR maps (.npz)",
+    "noise_dir": "folder of per-method noise-sweep JSON",
     "oracle": "grid-oracle JSON",
     "reference": "published Table VII CSV",
 }

@@ -28,16 +28,22 @@ def profile_label(name: str, trajectories: int, budgets: Mapping[str, str]) -> s
     return f"{name}: {trajectories:,} trajectories; training budget (epochs x windows per epoch): {trained or 'none'}"
 
 
-def noise_sweep_markdown(table: pd.DataFrame, methods: Sequence[str], sensor, profile: str, trajectories: int,
-                         stride: int, windows: int) -> str:
-    """The noise-sweep table: one row per sigma, one CSO-mAP column per method."""
-    wide = table.pivot(index="noise_sigma", columns="method", values="cso_map")[list(methods)]
+def noise_sweep_markdown(sweeps: Mapping[str, dict], labels: Mapping[str, str], sensor, profile: str,
+                         trajectories: int) -> str:
+    """The noise-sweep table: one row per sigma, one CSO-mAP column per method.
+
+    ``sweeps``: method id -> noise_sweep stage JSON (``rows`` of noise_sigma, windows, cso_map).
+    """
+    columns = {labels[method]: pd.DataFrame(sweep["rows"]).set_index("noise_sigma")["cso_map"]
+               for method, sweep in sweeps.items()}
+    wide = pd.DataFrame(columns)
+    first = next(iter(sweeps.values()))
     recording = f"{sensor.bit_depth}-bit quantisation" if sensor.bit_depth else "float frames"
     lines = ["# Noise sweep: CSO-mAP on the test split against additive Gaussian noise", "",
              f"Additive noise of std sigma (counts), then {recording}; same trajectories for every sigma. "
              "Networks are trained on the default data; every method sees the noisy sensor through the physics object.",
-             f"Profile: {profile} ({trajectories:,} trajectories); one test window in {stride} scored "
-             f"({windows:,} windows per sigma).", "",
+             f"Profile: {profile} ({trajectories:,} trajectories); one test window in {first['window_stride']} "
+             f"scored ({first['rows'][0]['windows']:,} windows per sigma).", "",
              "| sigma | " + " | ".join(wide.columns) + " |", "|---|" + "---|" * len(wide.columns)]
     lines += [f"| {sigma:g} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for sigma, row in wide.iterrows()]
     return "\n".join(lines) + "\n"

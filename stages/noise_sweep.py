@@ -1,22 +1,21 @@
-"""Stage noise_sweep: CSO-mAP against additive noise (the paper's Table V protocol) for chosen methods.
+"""Stage noise_sweep@<method>: CSO-mAP of one method against additive noise (the paper's Table V protocol).
 
 Simulated data is simulated again for each sigma with the same seed (same trajectories, targets
 and split) and only the sensor noise changed; imported data gets seeded noise added to its test
-frames, which the sensor then records again. The methods, trained on the default data, are
-scored on the noisy test split and see the noisy sensor through the physics object.
-Params: noise_sweep, data, simulate, sensor, methods, trainer, evaluate, profile.
+frames, which the sensor then records again. The method, trained on the default data, is scored
+on the noisy test split and sees the noisy sensor through the physics object. The tables stage
+collects every method's sweep into reports/tables/noise_sweep.md.
+Params: noise_sweep, data, simulate, sensor, methods.<method> (and its network), trainer, evaluate, profile.
 """
 import argparse
 
 import numpy as np
-import pandas as pd
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig, load_params, section
 from pipeline.data import SplitData, load_split, load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method
-from pipeline.io import atomic_path, read_table, write_json
-from pipeline.reports import noise_sweep_markdown, profile_name
+from pipeline.io import read_table, write_json
 from pipeline.runtime import build_for_evaluation, resolve_device
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
@@ -44,7 +43,6 @@ def main(args: argparse.Namespace) -> None:
     sensor = Sensor.from_section(section(params, "sensor"))
     trainer = TrainerConfig.from_section(section(params, "trainer"))
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
-    methods = section(params, "methods")
     device = resolve_device(trainer.device)
     base = load_physics(args.phi, args.qinit, sensor)
     rows = []
@@ -52,19 +50,15 @@ def main(args: argparse.Namespace) -> None:
         physics = base.with_sensor(sensor.with_noise(sigma))
         test = noisy_test_split(sigma, data, scene, sensor, sweep.seed, args)
         windows = make_windows(test, physics.grid, evaluate.window).every(sweep.window_stride)
-        truths = test.frame_targets(windows.t, windows.f)
-        for method in sweep.methods:
-            model = build_for_evaluation(method, methods, physics, args.models, device)
-            metrics = evaluate_method(model, windows, truths, evaluate, device, trainer.eval_batch)[0]
-            rows.append({"noise_sigma": sigma, "method": method, "cso_map": metrics["cso_map"],
-                         **{key: metrics[key] for key in metrics if key.startswith("ap")}})
-    table = pd.DataFrame(rows)
-    write_json({"rows": table.to_dict(orient="records")}, args.metrics)
-    with atomic_path(args.table) as tmp:
-        tmp.write_text(noise_sweep_markdown(table, list(sweep.methods), sensor, profile_name(params),
-                                            scene.trajectories, sweep.window_stride, len(windows)))
+        model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device)
+        metrics = evaluate_method(model, windows, test.frame_targets(windows.t, windows.f), evaluate, device,
+                                  trainer.eval_batch)[0]
+        rows.append({"noise_sigma": sigma, "windows": len(windows), "cso_map": metrics["cso_map"],
+                     **{key: metrics[key] for key in metrics if key.startswith("ap")}})
+    write_json({"method": args.method, "window_stride": sweep.window_stride, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":
     run_stage(main, stage_parser(__file__, __doc__, inputs=PHYSICS + DATASET + ("models",),
-                                 outputs={"metrics": "sweep JSON output", "table": "Markdown table output"}))
+                                 method="a key of params.yaml methods, or physfit_<network>",
+                                 outputs={"out": "this method's sweep JSON output"}))

@@ -1,7 +1,8 @@
 """Stage tables: table7 (Markdown + LaTeX, ours beside the published numbers) and the test-window figure.
 
+Also collects the noise sweep of every swept method into reports/tables/noise_sweep.md.
 Params: methods and physfit_proposals (what was scored, with budgets), profile, simulate.trajectories,
-evaluate.window, report.
+evaluate.window, report, noise_sweep, sensor.
 """
 import argparse
 from pathlib import Path
@@ -10,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, ReportConfig, load_params, section
+from pipeline.config import EvaluateConfig, NoiseSweepConfig, ReportConfig, load_params, section
 from pipeline.coords import Grid
 from pipeline.data import load_split, make_windows
 from pipeline.evaluation import unpack_detections
 from pipeline.io import DataFileError, atomic_path, load_array, read_json
-from pipeline.reports import (build_table7, draw_windows, figure_windows, profile_label, profile_name, to_latex,
-                              to_markdown)
+from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_sweep_markdown, profile_label,
+                              profile_name, to_latex, to_markdown)
 from pipeline.runtime import check_proposals, evaluated_ids, method_label, method_spec
+from pipeline.sensor import Sensor
 
 
 def main(args: argparse.Namespace) -> None:
@@ -44,6 +46,12 @@ def main(args: argparse.Namespace) -> None:
         tmp.write_text(to_markdown(table, title, notes))
     with atomic_path(out / "table7.tex") as tmp:
         tmp.write_text(to_latex(table, f"{title}. {profile}."))
+    swept = NoiseSweepConfig.from_section(section(params, "noise_sweep")).methods
+    sweeps = {m: read_json(Path(args.noise_dir) / f"{m}.json") for m in swept}
+    with atomic_path(out / "noise_sweep.md") as tmp:
+        tmp.write_text(noise_sweep_markdown(sweeps, {m: method_label(m, methods)[1] for m in swept},
+                                            Sensor.from_section(section(params, "sensor")), profile_name(params),
+                                            section(params, "simulate")["trajectories"]))
 
     grid = Grid.from_phi(load_array(args.phi))
     test = load_split(args.frames, args.targets, args.split, "test")
@@ -65,5 +73,6 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     run_stage(main, stage_parser(
-        __file__, __doc__, inputs=("phi", *DATASET, "metrics_dir", "oracle", "predictions_dir", "reference"),
+        __file__, __doc__,
+        inputs=("phi", *DATASET, "metrics_dir", "noise_dir", "oracle", "predictions_dir", "reference"),
         outputs={"tables": "output folder for table7.md / .tex", "figures": "output folder for figures"}))

@@ -37,9 +37,12 @@ def fresh_clone(tmp_path_factory) -> Path:
             shutil.copy2(ROOT / name, clone / name)
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["simulate"]["trajectories"] = 30
-    for method, section in params["train"].items():
-        section["epochs"] = min(section["epochs"], 1)
-    params["train"]["ista"]["model"]["iterations"] = 20
+    params["trainer"]["val_windows"] = 64
+    for entry in params["methods"].values():
+        if "train" in entry:
+            entry["train"].update(epochs=1, windows_per_epoch=64)
+    params["methods"]["ista"]["model"]["iterations"] = 20
+    params["noise_sweep"]["window_stride"] = 8
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (clone / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], clone)
@@ -69,12 +72,12 @@ def test_invalid_param_stops_before_compute(fresh_clone):
     original = params_path.read_text()
     try:
         params = yaml.safe_load(original)
-        params["simulate"]["psf_sigma"] = -0.5
+        params["sensor"]["psf_sigma"] = -0.5
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         done = subprocess.run([sys.executable, "stages/phi.py", "--out", "data/phi_bad.npy"],
                               cwd=fresh_clone, env=_env(fresh_clone), capture_output=True, text=True)
         assert done.returncode == 2
-        assert "simulate.psf_sigma = -0.5 is invalid: must be > 0" in done.stderr
+        assert "sensor.psf_sigma = -0.5 is invalid: must be > 0" in done.stderr
         assert not (fresh_clone / "data/phi_bad.npy").exists()
     finally:
         params_path.write_text(original)
@@ -99,7 +102,7 @@ def test_full_pipeline_and_dvc_workflow(fresh_clone):
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     _run(git + ["add", "-A"], fresh_clone)
     _run(git + ["commit", "-qm", "results"], fresh_clone)
-    output = _run(dvc + ["exp", "run", "-S", "train.srcnn.lr=0.002"], fresh_clone)
+    output = _run(dvc + ["exp", "run", "-S", "methods.srcnn.train.lr=0.002"], fresh_clone)
     ran = _ran_stages(output)
     assert {"train@srcnn", "evaluate@srcnn", "tables"} <= ran
     assert not any(name.endswith(("@ista", "@ista_net", "@ista_net_plus")) for name in ran), ran
@@ -107,3 +110,43 @@ def test_full_pipeline_and_dvc_workflow(fresh_clone):
     diff = _run(dvc + ["metrics", "diff", "--md"], fresh_clone)
     assert "reports/metrics/srcnn.json" in diff and "cso_map" in diff
     assert "changed" not in _run(dvc + ["status"], fresh_clone)
+
+
+TOY_METHOD = '''"""A toy method for the end-to-end test: Q_init followed by one learned gain."""
+import torch
+from torch import nn
+
+from pipeline.methods.base import MethodOutput, UnmixingMethod
+from pipeline.methods.registry import register_model
+
+
+@register_model("toy")
+class Toy(UnmixingMethod):
+    family = "toy_family"
+    label = "Toy"
+
+    def __init__(self, physics):
+        super().__init__(physics)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, lr):
+        return MethodOutput(hr=self.to_map(self.gain * self.physics.initial(self.middle_frame(lr))))
+'''
+
+
+def test_adding_a_method_touches_only_its_own_stages(fresh_clone):
+    """One module and one params entry: dvc status names only the new method's stages (and the
+    tables, which show it); after a repro the toy row is in table7."""
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(dvc + ["repro"], fresh_clone)
+    (fresh_clone / "pipeline/methods/toy.py").write_text(TOY_METHOD)
+    params = yaml.safe_load((fresh_clone / "params.yaml").read_text())
+    params["methods"]["toy"] = {"module": "toy.py", "model": {}, "train": {
+        "epochs": 1, "windows_per_epoch": 32, "batch": 8, "lr": 1e-3, "weight_decay": 0.0}}
+    (fresh_clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = yaml.safe_load(_run(dvc + ["status", "--json"], fresh_clone))
+    assert set(status) == {"train@toy", "evaluate@toy", "tables"}, sorted(status)
+    ran = _ran_stages(_run(dvc + ["repro"], fresh_clone))
+    assert ran == {"train@toy", "evaluate@toy", "tables"}, ran
+    table = (fresh_clone / "reports/tables/table7.md").read_text()
+    assert "| **Toy family** |" in table and "| Toy |" in table
