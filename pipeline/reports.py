@@ -93,8 +93,8 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         row["psnr"] = f"{ours['psnr']:.2f}" if "psnr" in ours else "—"
         row["ssim"] = f"{ours['ssim']:.4f}" if "ssim" in ours else "—"
         rows.append(row)
-    for title, key in (("Grid oracle, brightness-ranked (bound for HR-map methods)", "brightness"),
-                       ("Grid oracle, perfect ranking", "perfect_ranking")):
+    for title, key in (("Grid oracle, ranked by true brightness", "brightness"),
+                       ("Grid oracle, perfect ranking (ceiling for HR-map methods)", "perfect_ranking")):
         bound = oracle[key]
         rows.append({"family": "bound", "method": title, "params": "—", "flops": "—", "fps": "—",
                      **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—"})

@@ -40,7 +40,9 @@ def main(args: argparse.Namespace) -> None:
              f"Scored on the middle frames of {evaluate.window}-frame test windows "
              f"({results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
              "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters.",
-             "Grid-oracle rows: the ground truth snapped to the HR grid, the best any HR-map method can score."]
+             "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
+             "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
+             "of any HR-map method."]
     out = Path(args.tables)
     with atomic_path(out / "table7.md") as tmp:
         tmp.write_text(to_markdown(table, title, notes))
