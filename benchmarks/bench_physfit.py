@@ -86,7 +86,11 @@ def simulate(section: dict) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         from pipeline.simulate import simulate as pipeline_simulate
     except ImportError:
         return _local_simulation(section)
-    frames_df, targets_df = pipeline_simulate(section)
+    from pipeline.sensor import Sensor
+
+    sensor_keys = ("size", "psf_sigma", "noise_sigma", "bit_depth", "saturate")
+    scene = {key: value for key, value in section.items() if key not in sensor_keys}
+    frames_df, targets_df = pipeline_simulate(scene, Sensor(**{key: section[key] for key in sensor_keys}))
     n, f, m = section["trajectories"], section["frames"], section["size"]
     frames_df = frames_df.sort_values(["trajectory", "frame"])
     images = np.stack(frames_df["image"].to_numpy()).astype(np.float64).reshape(n, f, m, m)

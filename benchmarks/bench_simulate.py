@@ -8,6 +8,7 @@ import tracemalloc
 from pathlib import Path
 
 from pipeline.config import SimulateConfig, load_params
+from pipeline.sensor import Sensor
 from pipeline.simulate import simulate_arrays, to_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,11 +18,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trajectories", type=int, default=5000)
     args = parser.parse_args()
-    section = {**load_params(ROOT / "params.yaml")["simulate"], "trajectories": args.trajectories}
-    config = SimulateConfig.from_section(section)
+    params = load_params(ROOT / "params.yaml")
+    config = SimulateConfig.from_section({**params["simulate"], "trajectories": args.trajectories})
+    sensor = Sensor.from_section(params["sensor"])
     tracemalloc.start()
     start = time.perf_counter()
-    arrays = simulate_arrays(config)
+    arrays = simulate_arrays(config, sensor)
     simulated = time.perf_counter() - start
     frames, targets = to_tables(arrays)
     total = time.perf_counter() - start
