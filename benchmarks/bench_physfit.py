@@ -1,4 +1,4 @@
-"""Benchmark of the continuous physics fit (pipeline.physfit) with CSO-mAP.
+"""Benchmark of the continuous physics fit (pipeline.methods.physfit) with CSO-mAP.
 
 Simulates trajectories (pipeline.simulate when present, else a small local generator that follows
 the same rules), builds the 5-frame windows of the evaluation protocol (middle frames 2..17) and
@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import physfit  # noqa: E402
+from pipeline.methods import physfit  # noqa: E402
 from pipeline.coords import Grid  # noqa: E402
-from pipeline.physics import render_batch  # noqa: E402
+from pipeline.physics import build_phi_closed_form, render_batch  # noqa: E402
+from pipeline.sensor import Sensor  # noqa: E402
 
 SECTION = {  # the simulate section of the laptop profile (params.yaml), counts and LR px
     "seed": 20250711, "trajectories": 300, "frames": 20, "size": 11, "psf_sigma": 0.5,
@@ -86,8 +87,6 @@ def simulate(section: dict) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         from pipeline.simulate import simulate as pipeline_simulate
     except ImportError:
         return _local_simulation(section)
-    from pipeline.sensor import Sensor
-
     sensor_keys = ("size", "psf_sigma", "noise_sigma", "bit_depth", "saturate")
     scene = {key: value for key, value in section.items() if key not in sensor_keys}
     frames_df, targets_df = pipeline_simulate(scene, Sensor(**{key: section[key] for key in sensor_keys}))
@@ -155,6 +154,7 @@ def run_setting(label: str, bit_depth: int, noise: float, args) -> None:
     gts = [truth[i][t] for i in range(n) for t in middles]
     overrides = {key: ast.literal_eval(value) for key, value in (args.set or [])}
     grid = Grid(images.shape[-1], 3)
+    phi = build_phi_closed_form(grid.size, grid.c, SECTION["psf_sigma"])
     oracle = [np.column_stack([grid.snap(g[:, 0]), grid.snap(g[:, 1]), g[:, 2]]) for g in gts]
     k_true = np.array([len(g) for g in gts])
     print(f"\n== {label}: {n} trajectories, {len(gts)} middle frames (2..17), noise sigma {noise}, "
@@ -164,13 +164,14 @@ def run_setting(label: str, bit_depth: int, noise: float, args) -> None:
         fields = dict(overrides)
         if variant == "prior":
             fields.setdefault("group_prior_sd", args.prior_sd)
-        settings = physfit.PhysFitSettings.for_sensor(bit_depth, noise, **fields)
+        sensor = Sensor(size=images.shape[-1], bit_depth=bit_depth, noise_sigma=noise)
+        settings = physfit.PhysFitSettings.for_sensor(sensor, **fields)
         for method in args.methods:
             start = time.perf_counter()
             if method == "single":
-                result = physfit.fit_frames_detailed(windows[:, half], settings)
+                result = physfit.fit_frames_detailed(windows[:, half], settings, phi=phi)
             else:
-                result = physfit.fit_windows_detailed(windows, settings)
+                result = physfit.fit_windows_detailed(windows, settings, phi=phi)
             elapsed = time.perf_counter() - start
             unit = "frames/s" if method == "single" else "windows/s"
             name = f"{method}-frame fit, {variant}"

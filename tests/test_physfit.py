@@ -1,16 +1,33 @@
-"""Tests of the continuous physics fit (pipeline.physfit): Jacobians, exact recovery, saturation,
-K selection, multi-frame windows, proposals and scores. Fast (a few seconds each)."""
+"""Tests of the continuous physics fit (pipeline.methods.physfit): Jacobians, exact recovery,
+saturation, K selection, multi-frame windows, proposals, scores, and the method at c = 3 and c = 5.
+Fast (a few seconds each)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline import physfit
 from pipeline.coords import Grid
+from pipeline.methods import PhysicsOperator, get_model, physfit
+from pipeline.methods.physfit.forward_model import motion_basis
+from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks, evaluate
 from pipeline.physics import build_phi_closed_form, pixel_integral_1d, render_batch
+from pipeline.sensor import Sensor
+
+PHI = build_phi_closed_form(11, 3, 0.5)  # the physics' sampling matrix the pursuit searches
+fit_frames = functools.partial(physfit.fit_frames, phi=PHI)
+fit_frames_detailed = functools.partial(physfit.fit_frames_detailed, phi=PHI)
+fit_windows = functools.partial(physfit.fit_windows, phi=PHI)
+fit_windows_detailed = functools.partial(physfit.fit_windows_detailed, phi=PHI)
+
+
+def settings_for(bit_depth: int, noise_sigma: float = 0.0, **fields) -> physfit.PhysFitSettings:
+    """PhysFit settings for an 11x11 sensor of that bit depth and additive noise."""
+    return physfit.PhysFitSettings.for_sensor(Sensor(bit_depth=bit_depth, noise_sigma=noise_sigma), **fields)
+
 
 ARMS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])  # up, down, left, right (x = row)
 
@@ -105,24 +122,25 @@ def test_window_gradient_matches_finite_differences(censoring, prior):
     """g = J^T r of the whitened, censored, moving-group cost equals half its numerical gradient
     (checks the motion columns, the one-sided residuals and the prior rows together)."""
     windows, pos = trajectories(3, 4, noise=2.0, seed=3)
-    s = physfit.PhysFitSettings.for_sensor(8, 2.0, censoring=censoring, group_prior_sd=prior, motion_order=2)
+    s = settings_for(8, 2.0, censoring=censoring, group_prior_sd=prior, motion_order=2)
     assert (windows >= 255).any() and (windows <= 0).any()  # both censoring sides are exercised
     k = 4
-    data, high, low = physfit._prepare(windows.reshape(3, -1), s)
-    problem = physfit._Problem(data, high, low, k, physfit._motion_basis(5, 2), s)
+    data = torch.from_numpy(windows.reshape(3, -1))
+    high, low = censor_masks(data, s)
+    problem = Problem(data, high, low, k, motion_basis(5, 2), s)
     mid = pos[:, 2]
     rng = np.random.default_rng(0)
     theta = np.concatenate([mid[..., 0] + 0.02, mid[..., 1] - 0.01, np.full((3, k), 230.0),
                             rng.normal(0, 0.03, (3, 4))], axis=1)
     theta = torch.from_numpy(theta)
-    problem = problem.with_prior(physfit._assign_directions(physfit._positions(theta, k), s))
-    cost, a, g = physfit._evaluate(problem, theta)
+    problem = problem.with_prior(assign_directions(torch.stack([theta[:, :k], theta[:, k:2 * k]], dim=2), s))
+    cost, a, g = evaluate(problem, theta)
     h = 1e-6
     for j in range(theta.shape[1]):
         step = torch.zeros_like(theta)
         step[:, j] = h
-        numeric = (physfit._evaluate(problem, theta + step, False)[0] -
-                   physfit._evaluate(problem, theta - step, False)[0]) / (4 * h)
+        numeric = (evaluate(problem, theta + step, False)[0] -
+                   evaluate(problem, theta - step, False)[0]) / (4 * h)
         assert torch.allclose(g[:, j], numeric, rtol=1e-5, atol=1e-6 * cost.max().item()), j
     assert torch.all(torch.linalg.eigvalsh(a) > -1e-9)
 
@@ -135,7 +153,7 @@ def test_window_gradient_matches_finite_differences(censoring, prior):
 def test_exact_recovery_on_float_frames(k):
     pos, b = groups(6, k, seed=10 + k)
     frames = render_batch(pos[..., 0], pos[..., 1], b)
-    result = physfit.fit_frames_detailed(frames, physfit.PhysFitSettings.for_sensor(0))
+    result = fit_frames_detailed(frames, settings_for(0))
     assert np.all(result.k == k)
     for det, bright, true_pos, true_b in zip(result.detections, result.brightness, pos, b):
         dist = np.linalg.norm(det[:, None, :2] - true_pos[None], axis=2)
@@ -152,11 +170,11 @@ def test_saturation_aware_fit_beats_naive_fit():
     clean = render_batch(pos[..., 0], pos[..., 1], b)
     frames = np.minimum(clean, 255.0)  # clipped at full scale, otherwise exact
     assert np.all((frames >= 255.0).reshape(12, -1).sum(axis=1) >= 1)
-    base = physfit.PhysFitSettings.for_sensor(0, k_min=4, k_max=4, brightness_max=275.0)
+    base = settings_for(0, k_min=4, k_max=4, brightness_max=275.0)
     aware = dataclasses.replace(base, full_scale=255.0)
     naive = dataclasses.replace(aware, saturation_aware=False)
-    err_aware = max_matched_error(physfit.fit_frames(frames, aware), pos)
-    err_naive = max_matched_error(physfit.fit_frames(frames, naive), pos)
+    err_aware = max_matched_error(fit_frames(frames, aware), pos)
+    err_naive = max_matched_error(fit_frames(frames, naive), pos)
     assert err_aware.max() < 1e-3
     assert np.median(err_naive) > 0.01
     assert np.median(err_naive) > 20 * np.median(err_aware)
@@ -165,9 +183,9 @@ def test_saturation_aware_fit_beats_naive_fit():
 def test_saturation_aware_fit_beats_naive_fit_on_8bit_frames():
     pos, b = groups(40, 4, seed=22)
     frames = sensor(render_batch(pos[..., 0], pos[..., 1], b + 10.0), 0.0, 8, seed=0)
-    settings = physfit.PhysFitSettings.for_sensor(8, k_min=4, k_max=4, group_prior_sd=0.01)
-    err_aware = max_matched_error(physfit.fit_frames(frames, settings), pos)
-    err_naive = max_matched_error(physfit.fit_frames(frames, settings, saturation_aware=False), pos)
+    settings = settings_for(8, k_min=4, k_max=4, group_prior_sd=0.01)
+    err_aware = max_matched_error(fit_frames(frames, settings), pos)
+    err_naive = max_matched_error(fit_frames(frames, settings, saturation_aware=False), pos)
     assert np.mean(err_aware) < 0.5 * np.mean(err_naive)
 
 
@@ -175,7 +193,7 @@ def test_saturation_aware_fit_beats_naive_fit_on_8bit_frames():
 def test_k_selection_on_noisy_8bit_frames(k):
     pos, b = groups(50, k, seed=30 + k)
     frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=k)
-    result = physfit.fit_frames_detailed(frames, physfit.PhysFitSettings.for_sensor(8, 2.0))
+    result = fit_frames_detailed(frames, settings_for(8, 2.0))
     assert np.mean(result.k == k) >= 0.9
     assert result.bic.shape == (50, 5) and list(result.k_values) == [1, 2, 3, 4, 5]
 
@@ -183,9 +201,9 @@ def test_k_selection_on_noisy_8bit_frames(k):
 def test_group_prior_improves_noisy_fits():
     pos, b = groups(40, 3, seed=41)
     frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=1)
-    settings = physfit.PhysFitSettings.for_sensor(8, 2.0, k_min=3, k_max=3)
-    plain = max_matched_error(physfit.fit_frames(frames, settings), pos)
-    prior = max_matched_error(physfit.fit_frames(frames, settings, group_prior_sd=0.01), pos)
+    settings = settings_for(8, 2.0, k_min=3, k_max=3)
+    plain = max_matched_error(fit_frames(frames, settings), pos)
+    prior = max_matched_error(fit_frames(frames, settings, group_prior_sd=0.01), pos)
     assert np.median(prior) < np.median(plain)
 
 
@@ -195,9 +213,9 @@ def test_group_prior_improves_noisy_fits():
 
 def test_window_fit_beats_single_frame_fit_on_noisy_frames():
     windows, pos = trajectories(40, 3, noise=3.0, seed=50)
-    settings = physfit.PhysFitSettings.for_sensor(8, 3.0)
-    single = max_matched_error(physfit.fit_frames(windows[:, 2], settings), pos[:, 2])
-    multi = physfit.fit_windows_detailed(windows, settings)
+    settings = settings_for(8, 3.0)
+    single = max_matched_error(fit_frames(windows[:, 2], settings), pos[:, 2])
+    multi = fit_windows_detailed(windows, settings)
     err_multi = max_matched_error(multi.detections, pos[:, 2])
     assert np.mean(multi.k == 3) >= 0.9
     assert np.median(err_multi) < 0.8 * np.median(single)
@@ -211,7 +229,7 @@ def test_window_fit_recovers_velocity_exactly_on_float_frames():
     v = np.array([0.04, -0.02])
     pos = pos0[:, None] + t[None, :, None, None] * v  # rigid motion, no drift
     clean = render_batch(pos[..., 0].reshape(-1, k), pos[..., 1].reshape(-1, k), np.repeat(b, 5, axis=0))
-    result = physfit.fit_windows_detailed(clean.reshape(n, 5, 11, 11), physfit.PhysFitSettings.for_sensor(0))
+    result = fit_windows_detailed(clean.reshape(n, 5, 11, 11), settings_for(0))
     assert np.all(result.k == k)
     assert max_matched_error(result.detections, pos[:, 2]).max() < 1e-3
     assert np.abs(result.params[k][:, 3 * k:] - v).max() < 1e-4
@@ -219,9 +237,9 @@ def test_window_fit_recovers_velocity_exactly_on_float_frames():
 
 def test_window_input_validation():
     with pytest.raises(ValueError):
-        physfit.fit_windows(np.zeros((2, 4, 11, 11)))
+        fit_windows(np.zeros((2, 4, 11, 11)))
     with pytest.raises(ValueError):
-        physfit.fit_frames(np.zeros((2, 9, 9)))
+        fit_frames(np.zeros((2, 9, 9)))
     with pytest.raises(ValueError):
         physfit.PhysFitSettings(censoring="soft")
 
@@ -231,10 +249,9 @@ def test_window_input_validation():
 # ------------------------------------------------------------------------------------------------
 
 def test_greedy_pursuit_finds_separated_targets_first():
-    grid = Grid()
     truth = np.array([[[2.0, 3.0], [7.0, 8.0 + 1 / 3]]])
     frames = render_batch(truth[..., 0], truth[..., 1], np.array([[240.0, 200.0]]))
-    atoms = physfit.greedy_pursuit(frames, build_phi_closed_form(), grid, 3, full_scale=None)
+    atoms = physfit.greedy_pursuit(frames, PHI, 3, full_scale=None)
     assert atoms.shape == (1, 3, 3)
     assert np.allclose(atoms[0, :2, :2], truth[0], atol=1e-9)
     assert np.allclose(atoms[0, :2, 2], [240.0, 200.0], rtol=1e-6)
@@ -243,7 +260,7 @@ def test_greedy_pursuit_finds_separated_targets_first():
 def test_greedy_pursuit_masks_saturated_pixels():
     pos, b = groups(5, 4, seed=70)
     frames = np.minimum(render_batch(pos[..., 0], pos[..., 1], b + 20.0), 255.0)
-    atoms = physfit.greedy_pursuit(frames, None, None, 4, full_scale=255.0)
+    atoms = physfit.greedy_pursuit(frames, PHI, 4, full_scale=255.0)
     centroid = pos.mean(axis=1)
     assert np.all(np.linalg.norm(atoms[:, 0, :2] - centroid, axis=1) < 0.6)
 
@@ -262,8 +279,8 @@ def test_starts_from_hr_maps_orders_peaks_and_feeds_the_fit():
         cells = grid.to_hr_index(pos[f])
         hr_maps[f, cells[:, 0], cells[:, 1]] = b[f]
     proposals = physfit.starts_from_hr_maps(hr_maps, grid, 5)
-    settings = physfit.PhysFitSettings.for_sensor(0, use_pursuit=False, template_radius=0.0, random_starts=0)
-    result = physfit.fit_frames_detailed(frames, settings, starts=proposals)
+    settings = settings_for(0, use_pursuit=False, template_radius=0.0, random_starts=0)
+    result = fit_frames_detailed(frames, settings, starts=proposals)
     assert np.all(result.k == 2)
     assert max_matched_error(result.detections, pos).max() < 1e-3
 
@@ -272,8 +289,8 @@ def test_scores_rank_ambiguous_fits_lower():
     """Clean float frames give scores near 1; noisy ones with competing solutions lower."""
     pos, b = groups(20, 3, seed=90)
     clean = render_batch(pos[..., 0], pos[..., 1], b)
-    exact = physfit.fit_frames(clean, physfit.PhysFitSettings.for_sensor(0))
-    noisy = physfit.fit_frames(sensor(clean, 5.0, 8, seed=2), physfit.PhysFitSettings.for_sensor(8, 5.0))
+    exact = fit_frames(clean, settings_for(0))
+    noisy = fit_frames(sensor(clean, 5.0, 8, seed=2), settings_for(8, 5.0))
     exact_scores = np.concatenate([d[:, 2] for d in exact])
     noisy_scores = np.concatenate([d[:, 2] for d in noisy])
     assert exact_scores.min() > 0.95
@@ -283,12 +300,59 @@ def test_scores_rank_ambiguous_fits_lower():
 def test_blocks_aliases_and_empty_input_give_consistent_results():
     pos, b = groups(7, 2, seed=100)
     frames = sensor(render_batch(pos[..., 0], pos[..., 1], b), 2.0, 8, seed=3)
-    settings = physfit.PhysFitSettings.for_sensor(8, 2.0)
-    whole = physfit.fit_frames_detailed(frames, settings)
-    blocks = physfit.fit_frames_detailed(frames, settings, block_size=3)
+    settings = settings_for(8, 2.0)
+    whole = fit_frames_detailed(frames, settings)
+    blocks = fit_frames_detailed(frames, settings, block_size=3)
     assert np.array_equal(whole.k, blocks.k)
     for a, c in zip(whole.detections, blocks.detections):
         assert np.allclose(a, c, atol=1e-9)
-    aliased = physfit.fit_frames_detailed(frames, settings, k_range=(2, 3), sigma=0.5)
+    aliased = fit_frames_detailed(frames, settings, k_range=(2, 3), sigma=0.5)
     assert list(aliased.k_values) == [2, 3]
-    assert physfit.fit_frames(np.zeros((0, 11, 11)), settings) == []
+    assert fit_frames(np.zeros((0, 11, 11)), settings) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Grid and Phi from the physics object: c = 3 and c = 5
+# ------------------------------------------------------------------------------------------------
+
+def test_fits_need_the_physics_phi_of_the_right_size():
+    frames = np.zeros((1, 11, 11))
+    with pytest.raises(ValueError, match="needs phi"):
+        physfit.fit_frames(frames, settings_for(8))
+    with pytest.raises(ValueError, match="9x9 frames"):
+        physfit.fit_frames(frames, settings_for(8), phi=build_phi_closed_form(9, 3, 0.5))
+    assert physfit.fit_frames(frames, settings_for(8, use_pursuit=False)) is not None
+
+
+@pytest.mark.parametrize("c", [3, 5])
+def test_pursuit_and_map_starts_use_the_grid_of_phi(c):
+    """Targets on HR cell centres of a c-grid are found exactly by the pursuit on that grid's Phi,
+    and HR-map peaks are read on the same grid."""
+    grid = Grid(11, c)
+    cells = np.array([[2 * c + 1, 3 * c], [7 * c, 8 * c + 1]])
+    truth = grid.to_lr_coordinate(cells)[None]
+    frames = render_batch(truth[..., 0], truth[..., 1], np.array([[240.0, 200.0]]))
+    atoms = physfit.greedy_pursuit(frames, build_phi_closed_form(11, c, 0.5), 2, full_scale=None)
+    assert np.allclose(atoms[0, :, :2], truth[0], atol=1e-9)
+    hr = np.zeros((1, grid.hr_size, grid.hr_size))
+    hr[0, cells[:, 0], cells[:, 1]] = [240.0, 200.0]
+    starts = physfit.starts_from_hr_maps(hr, grid, 2)
+    assert np.allclose(starts[0, :, :2], truth[0])
+    with pytest.raises(ValueError, match="cells"):
+        physfit.starts_from_hr_maps(hr, Grid(11, 3 if c == 5 else 5), 2)
+
+
+@pytest.mark.parametrize("c", [3, 5])
+def test_method_on_a_physics_object_of_any_c(c):
+    """The registered method reads Phi, grid and sensor from the physics object: continuous
+    detections at c = 3 and c = 5 alike, and an HR map on the physics' grid."""
+    grid = Grid(11, c)
+    phi = build_phi_closed_form(11, c, 0.5)
+    physics = PhysicsOperator(phi, np.zeros((grid.n_hr, grid.n_lr)), Sensor(bit_depth=8))
+    windows, pos = trajectories(6, 3, noise=0.0, seed=120)
+    model = get_model("physfit", physics)
+    output = model(torch.from_numpy(windows).float())
+    assert output.hr.shape == (6, grid.hr_size, grid.hr_size)
+    assert model.settings.full_scale == 255.0 and model.settings.psf_sigma == 0.5
+    assert np.median(max_matched_error(output.detections, pos[:, 2])) < 0.02
+    assert np.isclose(output.hr.sum().item(), sum(b.sum() for b in output.extras["brightness"]), rtol=1e-5)

@@ -1,4 +1,4 @@
-"""PhysFit: continuous sub-pixel unmixing by fitting the exact imaging model (pipeline.physfit).
+"""The registered ``physfit`` method: the fit of :mod:`pipeline.methods.physfit` on a physics object.
 
 Not bounded by the HR grid: detections are continuous positions with a fit-quality score. The
 HR map it returns (for PSNR/SSIM and figures) puts each fitted brightness in the HR cell of its
@@ -14,7 +14,9 @@ import torch
 
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
 from pipeline.methods.registry import register_model
-from pipeline.physfit import PhysFitSettings, fit_frames_detailed, fit_windows_detailed, starts_from_hr_maps
+from pipeline.methods.physfit.fit import fit_frames_detailed, fit_windows_detailed
+from pipeline.methods.physfit.proposals import starts_from_hr_maps
+from pipeline.methods.physfit.settings import PhysFitSettings
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(PhysFitSettings))
 
@@ -23,9 +25,9 @@ SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(PhysFitSettings))
 class PhysFit(UnmixingMethod):
     """Least-squares fit of K point sources through the pixel-integral Gaussian model.
 
-    Sensor arguments (psf_sigma, bit_depth, saturate, noise_sigma) describe the frames and are
-    filled in by the pipeline from the ``simulate`` section. ``multi_frame``: joint fit over the
-    whole window (rigid group motion) instead of the middle frame alone. ``proposal``: a method
+    The frame size, PSF, noise, rounding and saturation come from ``physics.sensor``; the sparse
+    pursuit searches the columns of ``physics.phi`` (any odd sub-pixel ratio c). ``multi_frame``:
+    joint fit over the whole window (rigid group motion) instead of the middle frame alone. ``proposal``: a method
     whose HR maps give extra starts. Other keyword arguments are :class:`PhysFitSettings` fields.
     """
 
@@ -41,10 +43,7 @@ class PhysFit(UnmixingMethod):
         unknown = sorted(set(settings) - SETTING_NAMES)
         if unknown:
             raise TypeError(f"physfit got unknown setting(s) {', '.join(unknown)}")
-        sensor = physics.sensor
-        self.settings = PhysFitSettings.for_sensor(bit_depth=sensor.bit_depth, noise_sigma=sensor.noise_sigma,
-                                                   saturate=sensor.saturate, size=physics.grid.size,
-                                                   psf_sigma=sensor.psf_sigma, **settings)
+        self.settings = PhysFitSettings.for_sensor(physics.sensor, **settings)
         self.multi_frame = bool(multi_frame)
         self.window = 5 if self.multi_frame else 1
         self.proposal = proposal
@@ -52,15 +51,17 @@ class PhysFit(UnmixingMethod):
     def forward(self, lr: torch.Tensor) -> MethodOutput:
         """(B, W, m, m) raw windows -> continuous detections of the middle frames, and their HR map."""
         windows = lr.detach().to("cpu", torch.float64).numpy()
+        phi = self.physics.phi.detach().to("cpu", torch.float64).numpy()
         starts = None
         if self.proposal is not None:
             with torch.no_grad():
                 maps = self.proposal(lr).hr.float().cpu().numpy()
             starts = starts_from_hr_maps(maps, self.grid, self.settings.k_max)
         if self.multi_frame:
-            result = fit_windows_detailed(windows, self.settings, starts=starts)
+            result = fit_windows_detailed(windows, self.settings, phi=phi, starts=starts)
         else:
-            result = fit_frames_detailed(windows[:, windows.shape[1] // 2], self.settings, starts=starts)
+            result = fit_frames_detailed(windows[:, windows.shape[1] // 2], self.settings, phi=phi,
+                                         starts=starts)
         side = self.grid.hr_size
         counts = np.array([len(found) for found in result.detections], dtype=np.int64)
         frame = np.repeat(np.arange(len(windows)), counts)
@@ -70,5 +71,5 @@ class PhysFit(UnmixingMethod):
         inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
         hr = np.zeros((len(windows), side, side), np.float32)
         hr[frame[inside], rows[inside], cols[inside]] = brightness[inside]
-        return MethodOutput(hr=torch.from_numpy(hr).to(lr.device, self.physics.phi.dtype), detections=result.detections,
-                            extras={"brightness": result.brightness, "k": result.k})
+        return MethodOutput(hr=torch.from_numpy(hr).to(lr.device, self.physics.phi.dtype),
+                            detections=result.detections, extras={"brightness": result.brightness, "k": result.k})

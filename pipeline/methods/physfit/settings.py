@@ -1,0 +1,176 @@
+"""Every number of the physics fit (:class:`PhysFitSettings`, built from the sensor) and its
+result record (:class:`FitResult`)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from pipeline.sensor import Sensor
+
+# Numerical guards only (not model knobs; the model's numbers are PhysFitSettings fields):
+TINY = 1e-12  # floor of divisors and of the square-root residual
+RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
+INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysFitSettings:
+    """Every number of the physics fit. Lengths in LR px, brightness and noise in counts.
+
+    Sensor
+        size: frame side m (pixels). psf_sigma: Gaussian PSF std (LR px).
+        full_scale: saturation level (255 for 8-bit; None = no saturation handling).
+        floor: lower clip level (0 for 8-bit; None = none). quantum: quantisation step (1 for
+        integer frames, 0 for float frames). noise_sigma: additive Gaussian noise std.
+        min_sd: lower bound on the whitening sd (keeps noise-free float fits well posed).
+        saturation_aware: one-sided residuals at full scale / floor (False = treat clipped
+        pixels as exact measurements, the naive fit). censoring: "tobit" (censored-Gaussian
+        likelihood, exact for noisy clipped pixels) or "hard" (residual min(0, model - level)).
+    Model
+        k_min, k_max: range of target counts tried. brightness_min/max: bounds on b_k.
+        position_margin: positions are bounded to [-margin, size - 1 + margin].
+        bic_penalty: multiplier of D ln(n) in the information criterion.
+        motion_order: 0 = static, 1 = + velocity, 2 = + acceleration (windows only).
+    Group prior (optional; the SeqCSIST geometry: targets on distinct compass arms of a common
+    reference point at a common distance)
+        group_prior_sd: sd (LR px) of each target's deviation from the best-fitting cross
+        (reference + common radius along its arm); 0 disables the prior. The arm of each target
+        is the assignment of ``template_directions`` that best fits its start. group_radius,
+        group_radius_sd: Gaussian prior on the common radius (LR px).
+    Starts
+        use_pursuit: non-negative OMP starts. template_radius: radius (LR px) of the "cross"
+        templates around the intensity centroid (0 disables). template_directions: unit
+        directions (dx, dy) of the template arms. random_starts: jittered starts per K.
+        start_jitter: their std (LR px). centroid_fraction: pixels below this fraction of the
+        frame maximum are ignored by the centroid. seed: RNG seed of the jitter.
+    Levenberg-Marquardt
+        lm_iterations, lm_lambda0, lm_lambda_up, lm_lambda_down, lm_lambda_max, lm_rtol (relative
+        cost decrease that counts as converged), lm_step_tol (LR px), lm_diag_floor (relative
+        regularisation of the damping diagonal).
+    Modes
+        mode_separation: two fits of the same K are distinct solutions when the Hausdorff distance
+        of their position sets is at least this (LR px). max_modes: distinct solutions kept per K;
+        they enter the score through their BIC weights. support_radius: a solution supports a
+        detection when it has a target within this distance (LR px).
+    Windows
+        window_modes: distinct single-frame solutions (per K) of the middle frame that start the
+        joint fit. window_bic_margin: a K whose middle-frame BIC exceeds the best by more than
+        this is not refined jointly.
+    Scores
+        score = P_k * (1 - w * sigma_k / (sigma_k + s0)), P_k the posterior support of the
+        detection (see :func:`_support`), sigma_k its position sd; s0 = score_scale (LR px),
+        w = score_sd_weight (in [0, 1); the support dominates, the sd orders within it).
+    Execution
+        chunk_elements: maximum number of Jacobian entries per batched chunk (memory bound).
+        block_size: frames (or windows) processed together end to end (bounds the memory of the
+        multi-start bookkeeping; results do not depend on it).
+        threads: torch intra-op threads (None = leave as is).
+    """
+
+    size: int = 11
+    psf_sigma: float = 0.5
+    full_scale: float | None = 255.0
+    floor: float | None = 0.0
+    quantum: float = 1.0
+    noise_sigma: float = 0.0
+    min_sd: float = 1e-3
+    saturation_aware: bool = True
+    censoring: str = "tobit"
+    k_min: int = 1
+    k_max: int = 5
+    brightness_min: float = 215.0
+    brightness_max: float = 255.0
+    position_margin: float = 0.5
+    bic_penalty: float = 1.0
+    motion_order: int = 1
+    group_prior_sd: float = 0.0
+    group_radius: float = 0.315
+    group_radius_sd: float = 0.03
+    use_pursuit: bool = True
+    template_radius: float = 0.3
+    template_directions: tuple[tuple[float, float], ...] = ((-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))
+    random_starts: int = 2
+    start_jitter: float = 0.25
+    centroid_fraction: float = 0.1
+    seed: int = 0
+    lm_iterations: int = 60
+    lm_lambda0: float = 1e-3
+    lm_lambda_up: float = 10.0
+    lm_lambda_down: float = 0.2
+    lm_lambda_max: float = 1e10
+    lm_rtol: float = 1e-7
+    lm_step_tol: float = 1e-6
+    lm_diag_floor: float = 1e-9
+    mode_separation: float = 0.05
+    support_radius: float = 0.05
+    max_modes: int = 4
+    window_modes: int = 3
+    window_bic_margin: float = 30.0
+    score_scale: float = 0.05
+    score_sd_weight: float = 0.3
+    chunk_elements: int = 20_000_000
+    block_size: int = 2048
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.k_min < 1 or self.k_max < self.k_min:
+            raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+        if not 0 < self.brightness_min < self.brightness_max:
+            raise ValueError("need 0 < brightness_min < brightness_max")
+        if self.censoring not in ("tobit", "hard"):
+            raise ValueError(f"censoring must be 'tobit' or 'hard', got {self.censoring!r}")
+        if self.motion_order not in (0, 1, 2):
+            raise ValueError(f"motion_order must be 0, 1 or 2, got {self.motion_order}")
+        if self.psf_sigma <= 0 or self.min_sd <= 0 or self.score_scale <= 0:
+            raise ValueError("psf_sigma, min_sd and score_scale must be > 0")
+        if self.group_prior_sd < 0 or (self.group_prior_sd > 0 and self.group_radius_sd <= 0):
+            raise ValueError("group_prior_sd must be >= 0 and group_radius_sd > 0 when the prior is on")
+
+    @property
+    def noise_sd(self) -> float:
+        """Whitening sd (counts): sqrt(noise_sigma^2 + quantum^2 / 12), at least ``min_sd``."""
+        return max(math.sqrt(self.noise_sigma ** 2 + self.quantum ** 2 / 12.0), self.min_sd)
+
+    @property
+    def k_values(self) -> list[int]:
+        """The target counts tried, k_min..k_max."""
+        return list(range(self.k_min, self.k_max + 1))
+
+    @classmethod
+    def for_sensor(cls, sensor: Sensor, **fields) -> "PhysFitSettings":
+        """Settings for frames recorded by ``sensor`` (frame size, PSF, noise, rounding, clipping):
+        float frames (bit depth 0) are neither rounded nor clipped; integer frames clip at 0 and,
+        when the sensor saturates, at its full scale. ``fields`` override any other field."""
+        base = dict(size=sensor.size, psf_sigma=sensor.psf_sigma, noise_sigma=sensor.noise_sigma,
+                    quantum=sensor.quantum, full_scale=sensor.clip_high,
+                    floor=0.0 if sensor.quantised else None)
+        base.update(fields)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Per-frame (or per-window) outcome of a fit; F = number of frames or windows.
+
+    detections: list of F arrays (n_f, 3) = (x, y, score), x = row, y = column (LR px),
+        sorted by descending score; n_f = chosen K.
+    brightness: list of F arrays (n_f,) fitted brightness (counts), same order as detections.
+    position_sd: list of F arrays (n_f,) 1-sigma position uncertainty (LR px) used in the score.
+    k: (F,) chosen K.
+    bic: (F, n_K) information criterion per K in ``k_values``; chi2: (F, n_K) whitened cost.
+    k_values: (n_K,) the K tried.
+    params: dict K -> (F, D_K) lowest-cost parameter vector for that K,
+        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y))] (motion terms for windows only;
+        positions of the middle frame).
+    """
+
+    detections: list[np.ndarray]
+    brightness: list[np.ndarray]
+    position_sd: list[np.ndarray]
+    k: np.ndarray
+    bic: np.ndarray
+    chi2: np.ndarray
+    k_values: np.ndarray
+    params: dict[int, np.ndarray]
