@@ -51,7 +51,7 @@ def test_official_layout_round_trip(tmp_path, dataset, small_simulate):
     assert f"track_12_20/test/image/image_{n_test - 1}.png" in names
     assert f"track_12_20/test/annotation/COS{n_test - 1}.xml" in names
 
-    imported, imported_targets = read_official_tree(tmp_path / "tree", small_simulate["frames"])
+    imported, imported_targets = read_official_tree(tmp_path / "tree", small_simulate["frames"], bit_depth=8)
     # ids restart per split and trajectories are renumbered split by split: map ours the same way
     rank = {"train": 0, "val": 1, "test": 2}
     order = split.assign(rank=split["split"].map(rank)).sort_values(["rank", "trajectory"])
