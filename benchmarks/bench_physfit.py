@@ -99,7 +99,13 @@ def simulate(section: dict) -> tuple[np.ndarray, list[list[np.ndarray]]]:
     return images, truth
 
 
-def _local_cso_map(detections, truths, thresholds=(0.05, 0.10, 0.15, 0.20, 0.25)) -> dict:
+def _distance_thresholds() -> list[float]:
+    """evaluate.distance_thresholds of params.yaml (LR px): the benchmark scores as the pipeline."""
+    from pipeline.config import load_params
+    return load_params(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]["distance_thresholds"]
+
+
+def _local_cso_map(detections, truths, thresholds) -> dict:
     """Minimal CSO-mAP (used only when pipeline.metrics is absent): nearest-GT greedy matching per
     frame in descending score, pooled VOC-area AP, percent."""
     n_gt = sum(len(t) for t in truths)
@@ -133,8 +139,8 @@ def cso_map(detections, truths) -> dict:
     try:
         from pipeline.metrics import cso_map as pipeline_cso_map
     except ImportError:
-        return _local_cso_map(detections, truths)
-    return pipeline_cso_map(detections, truths)
+        return _local_cso_map(detections, truths, _distance_thresholds())
+    return pipeline_cso_map(detections, truths, _distance_thresholds())
 
 
 def _fmt(result: dict) -> str:

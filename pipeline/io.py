@@ -1,19 +1,22 @@
 """Reading and writing the data contract: Parquet tables, arrays, JSON and the official layout.
 
-Every writer goes through :func:`atomic_path`: the file is written under a temporary name in
-the same folder and renamed into place only when complete, so an interrupted stage never leaves
-a half-written output that DVC would take as done. Readers name the file when it is corrupt.
+Every writer goes through :func:`atomic_path`: the file is written under the fixed temporary
+name ``.<name>.tmp`` in the same folder and renamed into place only when complete, so an
+interrupted stage never leaves a half-written output that DVC would take as done, and the next run
+overwrites or removes what a killed one left. Readers name the file when it is corrupt.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import io
 import json
+import math
 import os
 import re
 import tarfile
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -37,17 +40,23 @@ class DataFileError(RuntimeError):
     """A missing, corrupt or inconsistent data file; the message names it."""
 
 
+def temporary_path(path: str | Path) -> Path:
+    """The fixed temporary name ``.<name>.tmp`` beside ``path`` that :func:`atomic_path` writes."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` only on success."""
+    """Yield the temporary path ``.<name>.tmp`` beside ``path``; rename it to ``path`` only on
+    success. A leftover of a killed run (also the older ``.<name>.<random>.tmp``) is removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
+    tmp = temporary_path(path)
+    for stale in [tmp, *path.parent.glob(f".{glob.escape(path.name)}.*.tmp")]:
+        stale.unlink(missing_ok=True)
     try:
         yield tmp
-        tmp.chmod(0o644)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -142,6 +151,22 @@ def load_array(path: str | Path) -> np.ndarray:
         raise DataFileError(f"{path}: not a readable .npy array ({exc})") from exc
 
 
+def load_arrays(path: str | Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of a .npz file, checking the required ``names``; a missing or corrupt file is named."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found (run the stage that produces it: dvc repro)")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataFileError(f"{path}: not a readable .npz archive ({exc})") from exc
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise DataFileError(f"{path}: missing arrays {missing}")
+    return arrays
+
+
 def write_json(data: Mapping, path: str | Path) -> None:
     """Pretty JSON with sorted keys, atomically (stable bytes for git and DVC)."""
     with atomic_path(path) as tmp:
@@ -155,7 +180,7 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise DataFileError(f"{path}: file not found") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(f"{path}: not valid JSON ({exc})") from exc
 
 
@@ -180,16 +205,47 @@ def annotation_xml(frame_id: int, targets: np.ndarray, size: int, sigma: float) 
     return etree.tostring(root, pretty_print=True, xml_declaration=False, encoding="utf-8")
 
 
+def _number(node: etree._Element, field: str, name: str, kind: type = float) -> float | int:
+    """The finite number at ``field`` below ``node``; a missing, non-numeric or non-finite field is
+    a DataFileError naming the file and the field."""
+    text = node.findtext(field)
+    if text is None:
+        raise DataFileError(f"{name}: field {field} is missing")
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise DataFileError(f"{name}: field {field} = {text.strip()!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if not math.isfinite(value):
+        raise DataFileError(f"{name}: field {field} = {text.strip()!r} is not finite")
+    return value
+
+
 def parse_annotation(content: bytes, name: str) -> tuple[np.ndarray, int, float]:
-    """(targets (k, 3), size, sigma) from one annotation file's bytes; ``name`` is for errors."""
+    """(targets (k, 3), size, sigma) from one annotation file's bytes; ``name`` is for errors.
+
+    Every field must be present and finite, width = height = size, and each target inside the
+    frame (x, y in [-1/2, size - 1/2], LR px) with brightness >= 0; otherwise a DataFileError names
+    the file, the object and the field.
+    """
     try:
         root = etree.fromstring(content)
-        rows = [[float(obj.findtext("coordinate/xc")), float(obj.findtext("coordinate/yc")),
-                 float(obj.findtext("coordinate/brightness"))] for obj in root.iterfind("object")]
-        size = int(root.findtext("size/width"))
-        sigma = float(root.findtext("sigma"))
-    except (etree.XMLSyntaxError, TypeError, ValueError) as exc:
+    except etree.XMLSyntaxError as exc:
         raise DataFileError(f"{name}: not a valid SeqCSIST annotation ({exc})") from exc
+    size, height = _number(root, "size/width", name, int), _number(root, "size/height", name, int)
+    if size < 1 or height != size:
+        raise DataFileError(f"{name}: size/width = {size} and size/height = {height}: a square frame is required")
+    sigma = _number(root, "sigma", name)
+    rows = []
+    for i, obj in enumerate(root.iterfind("object")):
+        where = f"{name} (object {i})"
+        x, y, brightness = (_number(obj, f"coordinate/{field}", where) for field in ("xc", "yc", "brightness"))
+        for field, value in (("xc", x), ("yc", y)):
+            if not -0.5 <= value <= size - 0.5:
+                raise DataFileError(f"{where}: field coordinate/{field} = {value} lies outside the "
+                                    f"{size}x{size} frame [-0.5, {size - 0.5}]")
+        if brightness < 0:
+            raise DataFileError(f"{where}: field coordinate/brightness = {brightness} is negative")
+        rows.append((x, y, brightness))
     return np.array(rows, dtype=np.float64).reshape(-1, 3), size, sigma
 
 
@@ -248,6 +304,8 @@ def write_official_archive(frames: pd.DataFrame, targets: pd.DataFrame, split: p
 def find_official_tree(root: str | Path) -> Path:
     """The folder holding train/val/test: ``root`` itself, root/track_5000_20, or one root/track_*."""
     root = Path(root)
+    if not root.is_dir():
+        raise DataFileError(f"{root}: folder not found (data.official_root)")
     if (root / "train").is_dir():
         return root
     if (root / OFFICIAL_DATASET_DIR).is_dir():
@@ -255,8 +313,9 @@ def find_official_tree(root: str | Path) -> Path:
     candidates = sorted(p for p in root.glob("track_*") if p.is_dir())
     if len(candidates) == 1:
         return candidates[0]
+    found = f"; found {[p.name for p in candidates]}" if candidates else ""
     raise DataFileError(f"{root}: no official SeqCSIST tree found (expected {OFFICIAL_DATASET_DIR}/"
-                        f"{{train,val,test}}/{{{IMAGE_DIR},{ANNOTATION_DIR}}})")
+                        f"{{train,val,test}}/{{{IMAGE_DIR},{ANNOTATION_DIR}}}{found})")
 
 
 def _numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
@@ -270,40 +329,76 @@ def _numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
     return found
 
 
-def read_official_tree(root: str | Path, frames_per_trajectory: int,
-                       progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+PNG_MODES = {8: ("L",), 16: ("I;16", "I;16B", "I;16L", "I")}  # PIL modes of 8- and 16-bit grey PNGs
+
+
+def read_png(path: Path, bit_depth: int, size: int | None = None) -> np.ndarray:
+    """One grey PNG frame as float32 (size, size); a file that is unreadable, of another mode or
+    bit depth than ``bit_depth`` (0 = float sensor, stored as 8-bit PNG) or not size x size raises
+    a DataFileError naming it."""
+    expected = PNG_MODES[16 if bit_depth == 16 else 8]
+    try:
+        with Image.open(path) as pil:
+            mode, shape = pil.mode, (pil.height, pil.width)
+            if mode in expected:
+                image = np.asarray(pil, dtype=np.float32)
+    except OSError as exc:
+        raise DataFileError(f"{path}: not a readable PNG ({exc})") from exc
+    if mode not in expected:
+        found = "a 16-bit" if mode in PNG_MODES[16] else "an 8-bit" if mode == "L" else f"a mode {mode!r}"
+        raise DataFileError(f"{path}: {found} PNG, expected a {bit_depth if bit_depth == 16 else 8}-bit grey PNG "
+                            f"(sensor.bit_depth = {bit_depth})")
+    if shape[0] != shape[1] or (size is not None and shape[0] != size):
+        raise DataFileError(f"{path}: image is {shape[0]}x{shape[1]} pixels, expected "
+                            f"{'a square frame' if size is None else f'{size}x{size}'}")
+    return image
+
+
+def read_official_tree(root: str | Path, frames_per_trajectory: int, *, bit_depth: int,
+                       size: int | None = None, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Import an unpacked official tree into (frames, targets) tables.
 
-    Frame ids are sorted numerically per split; trajectory t of a split is frames
+    Every split folder train, val and test with its ``image`` and ``annotation`` folders must be
+    present. Frame ids are sorted numerically per split; trajectory t of a split is frames
     t*F .. t*F + F - 1. Trajectory numbers run on across splits (train, val, test), and the
-    frames table carries the given split in a ``source_split`` column.
+    frames table carries the given split in a ``source_split`` column. PNGs must be grey,
+    ``bit_depth`` deep (the sensor's; 0 = float sensor, 8-bit PNGs) and ``size`` x ``size`` (the
+    sensor's; None = the first frame's); annotations must be complete, finite and inside the
+    frame. Any violation is a DataFileError naming the file and the field.
     """
     tree = find_official_tree(root)
     frame_parts, target_parts = [], []
     trajectory_base = 0
     for split_name in SPLIT_NAMES:
         image_dir, annotation_dir = tree / split_name / IMAGE_DIR, tree / split_name / ANNOTATION_DIR
-        if not image_dir.is_dir():
-            continue
+        for folder in (tree / split_name, image_dir, annotation_dir):
+            if not folder.is_dir():
+                raise DataFileError(f"{folder}: folder missing (an official tree has {list(SPLIT_NAMES)}, "
+                                    f"each with {IMAGE_DIR}/ and {ANNOTATION_DIR}/)")
         image_files = _numbered_files(image_dir, r"image_(\d+)\.png")
         ids = sorted(image_files)
+        if not ids:
+            raise DataFileError(f"{image_dir}: no image_<id>.png files")
         if ids != list(range(len(ids))):
-            raise DataFileError(f"{image_dir}: image ids are not 0..{len(ids) - 1}")
+            missing = sorted(set(range(ids[-1] + 1)) - set(ids))
+            raise DataFileError(f"{image_dir}: image ids are not 0..{len(ids) - 1} "
+                                f"({IMAGE_NAME.format(id=missing[0])} is missing)")
         if len(ids) % frames_per_trajectory:
             raise DataFileError(f"{image_dir}: {len(ids)} frames is not a multiple of "
                                 f"{frames_per_trajectory} frames per trajectory")
         images, rows = [], []
         for frame_id in tqdm(ids, desc=f"import {split_name}", unit="frame", disable=not progress):
             image_path = image_files[frame_id]
-            try:
-                with Image.open(image_path) as pil:
-                    images.append(np.asarray(pil, dtype=np.float32))
-            except OSError as exc:
-                raise DataFileError(f"{image_path}: not a readable PNG ({exc})") from exc
+            image = read_png(image_path, bit_depth, size)
+            size = len(image)
             annotation_path = annotation_dir / ANNOTATION_NAME.format(id=frame_id)
             if not annotation_path.is_file():
                 raise DataFileError(f"{annotation_path}: annotation missing for {image_path.name}")
-            targets, _, _ = parse_annotation(annotation_path.read_bytes(), str(annotation_path))
+            targets, annotated_size, _ = parse_annotation(annotation_path.read_bytes(), str(annotation_path))
+            if annotated_size != size:
+                raise DataFileError(f"{annotation_path}: field size/width = {annotated_size} but "
+                                    f"{image_path.name} is {size}x{size}")
+            images.append(image)
             trajectory = trajectory_base + frame_id // frames_per_trajectory
             frame = frame_id % frames_per_trajectory
             rows.append((trajectory, frame, len(targets)))
@@ -317,8 +412,6 @@ def read_official_tree(root: str | Path, frames_per_trajectory: int,
             "image": list(stacked.reshape(len(stacked), -1)), "n_targets": meta[:, 2],
             "source_split": split_name}))
         trajectory_base += len(ids) // frames_per_trajectory
-    if not frame_parts:
-        raise DataFileError(f"{tree}: none of {list(SPLIT_NAMES)} has an {IMAGE_DIR}/ folder")
     frames = pd.concat(frame_parts, ignore_index=True)
     targets = pd.concat(target_parts, ignore_index=True).astype(
         {"trajectory": np.int64, "frame": np.int64, "target": np.int64})

@@ -14,8 +14,6 @@ from scipy import ndimage
 
 from pipeline.coords import Grid
 
-DISTANCE_THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25)
-BRIGHTNESS_THRESHOLD = 70.0
 SSIM_WINDOW = 7
 SSIM_BLOCK = 512  # frames per block in psnr_ssim
 PSNR_OF_PERFECT_MATCH = 100.0
@@ -45,7 +43,8 @@ def _as_square_frames(maps) -> np.ndarray:
 def _stack_rows(arrays: Sequence, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate per-frame (k, 3) arrays (empty ones may have shape (0,)) into float64 (K, 3).
 
-    Returns the rows and the (F,) int64 number of rows of each frame.
+    Returns the rows and the (F,) int64 number of rows of each frame. A NaN or infinite value
+    raises ValueError naming the frame: it would silently change every score.
     """
     rows = []
     for frame, array in enumerate(arrays):
@@ -54,17 +53,22 @@ def _stack_rows(arrays: Sequence, what: str) -> tuple[np.ndarray, np.ndarray]:
             array = array.reshape(0, 3)
         if array.ndim != 2 or array.shape[1] != 3:
             raise ValueError(f"{what} of frame {frame}: expected shape (k, 3), got {array.shape}")
+        if not np.isfinite(array).all():
+            row, column = np.argwhere(~np.isfinite(array))[0]
+            field = ("x", "y", "score" if what == "detections" else "brightness")[column]
+            raise ValueError(f"{what} of frame {frame}: row {row} has a non-finite {field} "
+                             f"({array[row, column]})")
         rows.append(array)
     counts = np.array([len(array) for array in rows], dtype=np.int64)
     return (np.concatenate(rows) if rows else np.empty((0, 3))), counts
 
 
-def hr_map_to_detections(hr_map, c: int = 3,
-                         threshold: float = BRIGHTNESS_THRESHOLD) -> list[np.ndarray]:
+def hr_map_to_detections(hr_map, c: int, threshold: float) -> list[np.ndarray]:
     """Official CSO detections: every HR cell with value >= ``threshold`` (no NMS, no peaks).
 
     ``hr_map``: (S, S), (N, S, S), (N, S*S) or (S*S,), S = c * size, numpy or torch, brightness
-    units. Returns one float64 (n, 3) array (x, y, score) per frame: x, y the LR coordinates of
+    units; ``threshold``: ``evaluate.brightness_threshold``. A NaN or infinite cell raises
+    ValueError naming the frame (it is neither a detection nor a non-detection). Returns one float64 (n, 3) array (x, y, score) per frame: x, y the LR coordinates of
     the cell centre ((row - (c-1)/2)/c, (col - (c-1)/2)/c), score the cell value.
     """
     frames = _as_square_frames(hr_map)
@@ -73,6 +77,9 @@ def hr_map_to_detections(hr_map, c: int = 3,
     grid = Grid(frames.shape[1] // c, c)
     if len(frames) == 0:
         return []
+    finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"HR map of frame {int(np.flatnonzero(~finite)[0])} holds NaN or inf values")
     frame, row, col = np.nonzero(frames >= threshold)
     detections = np.column_stack([grid.to_lr_coordinate(row), grid.to_lr_coordinate(col),
                                   frames[frame, row, col].astype(np.float64)])
@@ -119,13 +126,14 @@ def _voc_area_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
 
 
-def cso_map(detections: Sequence, ground_truths: Sequence,
-            thresholds: Sequence[float] = DISTANCE_THRESHOLDS, return_curves: bool = False) -> dict:
+def cso_map(detections: Sequence, ground_truths: Sequence, thresholds: Sequence[float],
+            return_curves: bool = False) -> dict:
     """CSO-mAP with the official toolkit's semantics (methods.md §9.2), in percent.
 
     ``detections``: per frame (n, 3) arrays (x, y, score); ``ground_truths``: per frame (m, 3)
-    arrays (x, y, brightness), brightness ignored; empty frames may be (0, 3) or (0,). Distances
-    are in LR px. Per frame, detections in descending score are TP iff their *nearest* GT is within
+    arrays (x, y, brightness), brightness ignored; empty frames may be (0, 3) or (0,); a NaN or
+    infinite value raises ValueError naming the frame. ``thresholds``: distances in LR px
+    (``evaluate.distance_thresholds``); each must be finite and >= 0. Per frame, detections in descending score are TP iff their *nearest* GT is within
     the threshold (inclusive) and not yet taken. All detections are then pooled and sorted by
     score, and AP is the VOC 'area' AP with recall over all GT targets.
 
@@ -140,6 +148,9 @@ def cso_map(detections: Sequence, ground_truths: Sequence,
     if len(detections) != len(ground_truths):
         raise ValueError(f"detections cover {len(detections)} frames but ground_truths cover "
                          f"{len(ground_truths)}: the lists must have the same length")
+    thresholds = tuple(float(thr) for thr in thresholds)
+    if not all(math.isfinite(thr) and thr >= 0 for thr in thresholds):
+        raise ValueError(f"thresholds {thresholds} must be finite distances >= 0 (LR px)")
     keys = [f"ap{round(thr * 100):02d}" for thr in thresholds]
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"thresholds {tuple(thresholds)} must be non-empty and give distinct "

@@ -10,6 +10,7 @@ proposal network. :func:`resolve_device` picks the device once per stage.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -87,6 +88,30 @@ class MethodSpec:
 _ENTRY_KEYS = {"module", "model", "train", "method"}
 
 
+def _check_model_params(cls: type, model: Mapping, key: str) -> None:
+    """Check ``methods.<id>.model`` against the constructor of ``cls`` before anything is built:
+    an unknown parameter, or a value of another kind than the parameter's default (a list for a
+    tuple default, true/false for a bool, an integer for an int, a number for a float), is a
+    ConfigError naming ``methods.<id>.model.<param>``."""
+    parameters = dict(list(inspect.signature(cls.__init__).parameters.items())[2:])  # self, physics
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        known = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(model) - set(known))
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]} is not a parameter of {cls.__name__}; known: {', '.join(known)}")
+    for name, value in model.items():
+        default = parameters[name].default if name in parameters else inspect.Parameter.empty
+        if isinstance(default, bool):
+            require(isinstance(value, bool), f"{key}.{name}", value, "true or false is required")
+        elif isinstance(default, int):
+            check_integer(f"{key}.{name}", value)
+        elif isinstance(default, float):
+            check_number(f"{key}.{name}", value)
+        elif isinstance(default, (tuple, list)):
+            require(isinstance(value, (list, tuple)), f"{key}.{name}", value,
+                    f"a list is required (default {list(default)})")
+
+
 def method_spec(methods: Mapping, method_id: str) -> MethodSpec:
     """Validate ``methods.<method_id>`` against the registry; a ConfigError names the bad key."""
     key = f"methods.{method_id}"
@@ -110,6 +135,7 @@ def method_spec(methods: Mapping, method_id: str) -> MethodSpec:
             f"{name} is registered in the package pipeline/methods/{expected}: write '{expected}'")
     model = entry.get("model") or {}
     require(isinstance(model, Mapping), f"{key}.model", model, "a mapping of constructor parameters is required")
+    _check_model_params(cls, model, f"{key}.model")
     train = entry.get("train")
     if cls.trainable:
         require(isinstance(train, Mapping), f"{key}.train", train,
@@ -131,11 +157,12 @@ def proposal_of(method_id: str, methods: Mapping) -> str | None:
 def build_method(spec: MethodSpec, physics: PhysicsOperator, device: torch.device | str = "cpu",
                  **objects: Any) -> UnmixingMethod:
     """The method of ``spec`` on ``physics`` and ``device``; ``objects`` are pipeline-made
-    constructor arguments (e.g. a proposal network). Bad params become a ConfigError."""
+    constructor arguments (e.g. a proposal network). A TypeError or ValueError raised by the
+    constructor (a bad parameter value) becomes a ConfigError naming ``methods.<id>.model``."""
     try:
         model = get_model(spec.name, physics, **spec.model, **objects)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"methods.{spec.id}.model = {spec.model!r} is invalid: {exc}") from exc
+        raise ConfigError(f"methods.{spec.id}.model = {spec.model!r} is invalid: {type(exc).__name__}: {exc}") from exc
     return model.to(device)
 
 

@@ -3,7 +3,7 @@ import argparse
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import DataConfig, SimulateConfig, load_params, section
-from pipeline.io import DataFileError, read_official_tree, write_frames, write_table
+from pipeline.io import read_official_tree, write_frames, write_table
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 
@@ -14,10 +14,8 @@ def main(args: argparse.Namespace) -> None:
     config = SimulateConfig.from_section(section(params, "simulate"))
     sensor = Sensor.from_section(section(params, "sensor"))
     if data.source == "official":
-        frames, targets = read_official_tree(data.official_root, config.frames, progress=True)
-        size = round(len(frames["image"].iat[0]) ** 0.5)
-        if size != sensor.size:
-            raise DataFileError(f"{data.official_root}: frames are {size}x{size} but sensor.size = {sensor.size}")
+        frames, targets = read_official_tree(data.official_root, config.frames, bit_depth=sensor.bit_depth,
+                                             size=sensor.size, progress=True)
     else:
         frames, targets = simulate(config, sensor)
     write_frames(frames, args.frames)

@@ -15,7 +15,7 @@ from pipeline.config import EvaluateConfig, NoiseSweepConfig, ReportConfig, load
 from pipeline.coords import Grid
 from pipeline.data import load_split, make_windows
 from pipeline.evaluation import unpack_detections
-from pipeline.io import DataFileError, atomic_path, load_array, read_json
+from pipeline.io import DataFileError, atomic_path, load_array, load_arrays, read_json
 from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_sweep_markdown, profile_label,
                               profile_name, to_latex, to_markdown)
 from pipeline.runtime import check_proposals, evaluated_ids, method_label, method_spec
@@ -62,10 +62,10 @@ def main(args: argparse.Namespace) -> None:
     outputs = {}
     for method in evaluated:
         path = Path(args.predictions_dir) / f"{method}.npz"
-        with np.load(path) as saved:
-            if not np.array_equal(saved["t"], windows.t):
-                raise DataFileError(f"{path}: windows differ from the test split")
-            outputs[labels[method][1]] = (saved["hr"][chosen], unpack_detections(saved, chosen))
+        saved = load_arrays(path, ("hr", "t", "detections", "detection_window"))
+        if not np.array_equal(saved["t"], windows.t):
+            raise DataFileError(f"{path}: windows differ from the test split")
+        outputs[labels[method][1]] = (saved["hr"][chosen], unpack_detections(saved, chosen))
     with atomic_path(Path(args.figures) / "test_windows.png") as tmp:
         draw_windows(tmp, windows.lr[chosen, evaluate.window // 2], windows.hr[chosen], outputs,
                      test.frame_targets(windows.t[chosen], windows.f[chosen]),

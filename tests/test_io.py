@@ -51,7 +51,7 @@ def test_official_layout_round_trip(tmp_path, dataset, small_simulate):
     assert f"track_12_20/test/image/image_{n_test - 1}.png" in names
     assert f"track_12_20/test/annotation/COS{n_test - 1}.xml" in names
 
-    imported, imported_targets = read_official_tree(tmp_path / "tree", small_simulate["frames"])
+    imported, imported_targets = read_official_tree(tmp_path / "tree", small_simulate["frames"], bit_depth=8)
     # ids restart per split and trajectories are renumbered split by split: map ours the same way
     rank = {"train": 0, "val": 1, "test": 2}
     order = split.assign(rank=split["split"].map(rank)).sort_values(["rank", "trajectory"])
@@ -103,3 +103,14 @@ def test_interrupted_write_leaves_no_output(tmp_path):
             raise RuntimeError("killed")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writes_use_a_fixed_temporary_name_and_clear_stale_ones(tmp_path):
+    target = tmp_path / "out.npy"
+    stale = [tmp_path / ".out.npy.tmp", tmp_path / ".out.npy.k3x9q.tmp"]  # a killed run's leftovers
+    for path in stale:
+        path.write_bytes(b"half")
+    with atomic_path(target) as tmp:
+        assert tmp == tmp_path / ".out.npy.tmp" and not any(path.exists() for path in stale)
+        tmp.write_bytes(b"done")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npy"] and target.read_bytes() == b"done"

@@ -7,10 +7,14 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline import metrics
+from pipeline.config import load_params
 from pipeline.coords import Grid
 from pipeline.metrics import cso_map, hr_map_to_detections, psnr_ssim, targets_to_hr_maps
 
 EMPTY = np.empty((0, 3))
+EVALUATE = load_params()["evaluate"]  # the thresholds come from params.yaml, as in the pipeline
+THRESHOLDS = tuple(EVALUATE["distance_thresholds"])
+BRIGHTNESS = EVALUATE["brightness_threshold"]
 
 
 def _map_with_three_cells() -> np.ndarray:
@@ -25,7 +29,7 @@ def _map_with_three_cells() -> np.ndarray:
 
 
 def test_detections_threshold_inclusive_and_x_is_row():
-    (det,) = hr_map_to_detections(_map_with_three_cells())
+    (det,) = hr_map_to_detections(_map_with_three_cells(), c=3, threshold=BRIGHTNESS)
     expected = np.array([[(4 - 1) / 3, (7 - 1) / 3, 70.0], [(31 - 1) / 3, (2 - 1) / 3, 200.0]])
     assert det.dtype == np.float64
     np.testing.assert_array_equal(det, expected)
@@ -33,26 +37,26 @@ def test_detections_threshold_inclusive_and_x_is_row():
 
 
 def test_detections_batch_flat_torch_and_empty_frames_agree():
-    single = hr_map_to_detections(_map_with_three_cells())[0]
+    single = hr_map_to_detections(_map_with_three_cells(), c=3, threshold=BRIGHTNESS)[0]
     batch = np.stack([_map_with_three_cells(), np.zeros((33, 33)), _map_with_three_cells()])
     for maps in (batch, batch.reshape(3, 33 * 33), torch.from_numpy(batch)):
-        dets = hr_map_to_detections(maps)
+        dets = hr_map_to_detections(maps, c=3, threshold=BRIGHTNESS)
         assert len(dets) == 3
         np.testing.assert_array_equal(dets[0], single)
         np.testing.assert_array_equal(dets[2], single)
         assert dets[1].shape == (0, 3)
-    np.testing.assert_array_equal(hr_map_to_detections(batch[0].reshape(-1))[0], single)
-    assert hr_map_to_detections(np.zeros((33, 33)))[0].shape == (0, 3)
+    np.testing.assert_array_equal(hr_map_to_detections(batch[0].reshape(-1), c=3, threshold=BRIGHTNESS)[0], single)
+    assert hr_map_to_detections(np.zeros((33, 33)), c=3, threshold=BRIGHTNESS)[0].shape == (0, 3)
 
 
 def test_detections_threshold_and_c_parameters():
     hr_map = _map_with_three_cells()
-    (det,) = hr_map_to_detections(hr_map, threshold=50.0)
+    (det,) = hr_map_to_detections(hr_map, threshold=50.0, c=3)
     assert len(det) == 3 and det[0, 2] == pytest.approx(69.9)
-    (det,) = hr_map_to_detections(hr_map[:30, :30], c=5)  # size 6, offset 2
+    (det,) = hr_map_to_detections(hr_map[:30, :30], c=5, threshold=BRIGHTNESS)  # size 6, offset 2
     np.testing.assert_array_equal(det, [[(4 - 2) / 5, (7 - 2) / 5, 70.0]])
     with pytest.raises(ValueError, match="multiple of c"):
-        hr_map_to_detections(np.zeros((32, 32)))
+        hr_map_to_detections(np.zeros((32, 32)), c=3, threshold=BRIGHTNESS)
 
 
 # ------------------------------------------------------------------------------- cso_map
@@ -61,7 +65,7 @@ def test_detections_threshold_and_c_parameters():
 def test_perfect_detection_scores_100():
     gts = [np.array([[2.0, 3.0, 230.0], [5.0, 5.0, 240.0]])]
     dets = [np.array([[2.0, 3.0, 100.0], [5.0, 5.0, 90.0]])]
-    result = cso_map(dets, gts)
+    result = cso_map(dets, gts, THRESHOLDS)
     assert list(result) == ["cso_map", "ap05", "ap10", "ap15", "ap20", "ap25"]
     assert result == {key: 100.0 for key in result}
 
@@ -95,7 +99,7 @@ def test_distance_thresholds_are_inclusive():
         assert cso_map([np.array([det])], gts, thresholds=(0.25,))["ap25"] == 100.0
     just_outside = [np.array([[2.0, 2.25 + 2.0 ** -30, 1.0]])]
     assert cso_map(just_outside, gts, thresholds=(0.25,))["ap25"] == 0.0
-    result = cso_map([np.array([[2.0, 2.25, 1.0]])], gts)
+    result = cso_map([np.array([[2.0, 2.25, 1.0]])], gts, THRESHOLDS)
     assert result == {"cso_map": 20.0, "ap05": 0.0, "ap10": 0.0, "ap15": 0.0, "ap20": 0.0,
                       "ap25": 100.0}
 
@@ -117,28 +121,28 @@ def test_frame_without_gt_makes_its_detections_fp():
     gts = [np.array([[1.0, 1.0, 1.0]]), EMPTY]
     dets = [np.array([[1.0, 1.0, 5.0]]), np.array([[1.0, 1.0, 9.0]])]
     # ranking FP, TP: recall [0, 1], precision [0, 1/2] -> AP 1/2
-    assert cso_map(dets, gts)["cso_map"] == 50.0
+    assert cso_map(dets, gts, THRESHOLDS)["cso_map"] == 50.0
 
 
 def test_frames_without_detections_count_their_gts():
     gts = [np.array([[1.0, 1.0, 1.0]]), np.array([[4.0, 4.0, 1.0]])]
     for empty in (EMPTY, np.array([]), []):
-        assert cso_map([np.array([[1.0, 1.0, 5.0]]), empty], gts)["cso_map"] == 50.0
+        assert cso_map([np.array([[1.0, 1.0, 5.0]]), empty], gts, THRESHOLDS)["cso_map"] == 50.0
 
 
 def test_degenerate_inputs_give_zero():
     zero = {"cso_map": 0.0, "ap05": 0.0, "ap10": 0.0, "ap15": 0.0, "ap20": 0.0, "ap25": 0.0}
-    assert cso_map([EMPTY, np.array([])], [np.array([[1.0, 1.0, 1.0]]), EMPTY]) == zero
-    assert cso_map([np.array([[1.0, 1.0, 1.0]])], [np.array([])]) == zero
-    assert cso_map([EMPTY], [EMPTY]) == zero
-    assert cso_map([], []) == zero
+    assert cso_map([EMPTY, np.array([])], [np.array([[1.0, 1.0, 1.0]]), EMPTY], THRESHOLDS) == zero
+    assert cso_map([np.array([[1.0, 1.0, 1.0]])], [np.array([])], THRESHOLDS) == zero
+    assert cso_map([EMPTY], [EMPTY], THRESHOLDS) == zero
+    assert cso_map([], [], THRESHOLDS) == zero
 
 
 def test_invalid_inputs_raise():
     with pytest.raises(ValueError, match="same length"):
-        cso_map([EMPTY, EMPTY], [EMPTY])
+        cso_map([EMPTY, EMPTY], [EMPTY], THRESHOLDS)
     with pytest.raises(ValueError, match="frame 1"):
-        cso_map([EMPTY, np.zeros((2, 2))], [EMPTY, EMPTY])
+        cso_map([EMPTY, np.zeros((2, 2))], [EMPTY, EMPTY], THRESHOLDS)
     with pytest.raises(ValueError, match="distinct keys"):
         cso_map([EMPTY], [EMPTY], thresholds=(0.1, 0.1001))
 
@@ -197,8 +201,8 @@ def test_matches_the_per_frame_reference_on_random_frames():
         score = rng.integers(70, 80, n_det).astype(float)  # many ties: exercises the stable order
         detections.append(np.column_stack([xy, score]))
         ground_truths.append(gt)
-    expected = _reference_cso_map(detections, ground_truths, (0.05, 0.10, 0.15, 0.20, 0.25))
-    result = cso_map(detections, ground_truths)
+    expected = _reference_cso_map(detections, ground_truths, THRESHOLDS)
+    result = cso_map(detections, ground_truths, THRESHOLDS)
     assert result.keys() == expected.keys()
     for key in expected:
         assert result[key] == pytest.approx(expected[key], abs=1e-9)
@@ -274,7 +278,7 @@ def test_gt_maps_cells_collisions_and_rounding():
 def test_gt_maps_roundtrip_to_snapped_detections():
     grid = Grid(11, 3)
     targets = [np.array([[3.3, 7.1, 230.0], [6.0, 2.4, 240.0]])]
-    (det,) = hr_map_to_detections(targets_to_hr_maps(targets, grid))
+    (det,) = hr_map_to_detections(targets_to_hr_maps(targets, grid), c=3, threshold=BRIGHTNESS)
     order = np.argsort(det[:, 2])
     np.testing.assert_allclose(det[order, :2], grid.snap(targets[0][:, :2]), atol=1e-15)
     np.testing.assert_array_equal(det[order, 2], [230.0, 240.0])

@@ -1,12 +1,18 @@
+import hashlib
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 from pipeline.config import SplitConfig
 from pipeline.physics import build_phi_closed_form
-from pipeline.qinit import compute_qinit, gt_matrix
+from pipeline.qinit import compute_qinit, exact_products, gt_matrix, solve_qinit
 from pipeline.coords import Grid
 from pipeline.split import assign_split
+
+QINIT_DIGEST = "1cfb7c454c9abc0409cde360b56dea2b5622421c6e3badd23e2c1fc6c34be21e"
 
 
 def test_split_by_trajectory_is_seeded_and_complete():
@@ -70,3 +76,37 @@ def test_qinit_survives_pixels_that_are_never_lit():
     images[:, 0, :] = 0.0  # a dark border row makes Z Z^T singular
     q = compute_qinit(images, targets, frame, phi, "frames")
     assert np.all(np.isfinite(q)) and np.allclose(q[:, :11], 0.0)
+
+
+def _fixed_case():
+    """300 noisy float frames (no quantisation) of a seeded scene: maps S and measurements Z."""
+    grid, rng = Grid(), np.random.default_rng(7)
+    phi = build_phi_closed_form()
+    frame, targets = _sparse_frames(300, rng, grid)
+    maps = gt_matrix(targets, frame, 300, grid)
+    z = np.asarray((maps.T @ phi.T)).T + rng.normal(0.0, 3.0, (phi.shape[0], 300))
+    return maps, z.astype(np.float32)
+
+
+def test_qinit_digest_is_pinned_and_matches_a_plain_solve():
+    """The bits of Q_init do not depend on the BLAS build, threading or blocking (exact sums,
+    fixed-order elementwise solve): a digest pins them; the value is the least-squares one."""
+    maps, z = _fixed_case()
+    q = solve_qinit(maps, z)
+    assert hashlib.sha256(q.tobytes()).hexdigest() == QINIT_DIGEST
+    z64 = z.astype(np.float64)
+    plain = np.linalg.solve(z64 @ z64.T, np.asarray(maps @ z64.T).T).T
+    assert np.abs(q - plain).max() < 1e-9 * np.abs(plain).max()
+
+
+def test_exact_products_are_exact_and_order_free():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 70_000)).astype(np.float32)
+    b = rng.normal(size=(4, 70_000)).astype(np.float32)
+    # products of float32 values are exact in float64; fsum rounds their exact sum once
+    exact = np.array([[math.fsum(row_a.astype(np.float64) * row_b) for row_b in b] for row_a in a])
+    assert np.array_equal(exact_products(a, b), exact)
+    reversed_order = exact_products(a[:, ::-1].copy(), b[:, ::-1].copy())
+    assert np.array_equal(reversed_order, exact)
+    sparse_a = sparse.random(6, 70_000, density=0.01, random_state=4, format="csr") * 1e3
+    assert np.array_equal(exact_products(sparse_a, b), exact_products(sparse_a.toarray(), b))
