@@ -1,0 +1,224 @@
+"""Named DVC experiments: queue a group of ``dvc exp run -S ...`` rows and collect their metrics.
+
+A group of ``experiments.yaml`` (an ablation table, a seed sweep) lists rows, each one DVC
+experiment: an ``id``, the paper ``table`` and ``row`` it regenerates, and the params it sets.
+
+    python -m pipeline.experiments queue ablations     # dvc exp run --queue -n ablations-<id> -S ...
+    dvc queue start -j 2                              # run them (dvc queue status to follow)
+    python -m pipeline.experiments collect ablations  # -> reports/tables/ablations.md
+
+The collector reads ``dvc exp show --json`` (every experiment of the current commit), keeps the
+latest experiment named ``<group>-<id>`` for each row and writes the group's metric file of each
+(``reports/metrics/<method>.json``) beside the published row. Rows not run yet show '—'.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import yaml
+
+from pipeline.config import ConfigError, read_params, require
+from pipeline.io import atomic_path
+
+AP_COLUMNS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
+_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One experiment: ``id`` (its name is ``<group>-<id>``), the published ``table``/``row`` it
+    regenerates and the params it sets (dotted key -> value, as ``dvc exp run -S`` takes them)."""
+
+    id: str
+    table: str
+    row: str
+    set: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A named list of rows scored on one method's metrics; ``targets``: the stages each
+    experiment reproduces (empty = the whole pipeline)."""
+
+    name: str
+    method: str
+    targets: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+    def experiment_name(self, row: Row) -> str:
+        return f"{self.name}-{row.id}"
+
+
+def load_group(path: str | Path, name: str) -> Group:
+    """The group ``name`` of an experiments file; a bad entry is a ConfigError naming its key."""
+    path = Path(path)
+    try:
+        groups = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the experiments file ({error})") from error
+    if not isinstance(groups, Mapping) or name not in groups:
+        raise ConfigError(f"{path}: no experiment group {name!r} (groups: "
+                          f"{', '.join(groups) if isinstance(groups, Mapping) else 'none'})")
+    entry = groups[name]
+    require(isinstance(entry, Mapping), name, entry, "a mapping with method, targets and rows")
+    require(isinstance(entry.get("method"), str), f"{name}.method", entry.get("method"), "a method id")
+    targets = entry.get("targets") or []
+    require(isinstance(targets, list) and all(isinstance(t, str) for t in targets), f"{name}.targets",
+            targets, "a list of stage names")
+    rows, seen = [], set()
+    for index, row in enumerate(entry.get("rows") or []):
+        key = f"{name}.rows.{index}"
+        require(isinstance(row, Mapping) and set(row) <= {"id", "table", "row", "set"}, key, row,
+                "a mapping with id, table, row and set")
+        require(isinstance(row.get("id"), str) and _ID_PATTERN.fullmatch(row["id"]) is not None,
+                f"{key}.id", row.get("id"), "lower-case letters, digits, '_' and '-'")
+        require(row["id"] not in seen, f"{key}.id", row["id"], "must be unique in the group")
+        seen.add(row["id"])
+        overrides = row.get("set") or {}
+        require(isinstance(overrides, Mapping), f"{key}.set", overrides, "a mapping of dotted params")
+        rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides)))
+    require(bool(rows), f"{name}.rows", None, "must list at least one experiment")
+    return Group(name, entry["method"], tuple(targets), tuple(rows))
+
+
+def check_keys(group: Group, params: Mapping) -> None:
+    """Every key a row sets exists in ``params`` (``-S`` cannot add keys): ConfigError naming it."""
+    for index, row in enumerate(group.rows):
+        for key in row.set:
+            node: Any = params
+            for part in key.split("."):
+                node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+            require(node is not _MISSING, f"{group.name}.rows.{index}.set", key, "is not a key of params.yaml")
+
+
+def _flow(value: Any) -> str:
+    """A param value as ``-S`` takes it (YAML flow style: 0.01, true, null, [1, 0.01])."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def queue_commands(group: Group) -> list[list[str]]:
+    """One ``dvc exp run --queue`` command per row."""
+    commands = []
+    for row in group.rows:
+        command = ["dvc", "exp", "run", "--queue", "-n", group.experiment_name(row), *group.targets]
+        for key, value in row.set.items():
+            command += ["-S", f"{key}={_flow(value)}"]
+        commands.append(command)
+    return commands
+
+
+def finished_experiments(exp_show: Sequence[Mapping]) -> dict[str, dict]:
+    """Experiment name -> its metrics (file path -> metrics dict), from ``dvc exp show --json``;
+    the newest of experiments sharing a name wins. Failed or queued ones are skipped."""
+    found: dict[str, tuple[str, dict]] = {}
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                data, name = revision.get("data") or {}, revision.get("name")
+                if not name or revision.get("error") or not data.get("metrics"):
+                    continue
+                stamp = data.get("timestamp") or ""
+                if name not in found or stamp > found[name][0]:
+                    metrics = {path: (entry or {}).get("data") or {} for path, entry in data["metrics"].items()}
+                    found[name] = (stamp, metrics)
+    return {name: metrics for name, (_, metrics) in found.items()}
+
+
+def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
+            metrics_path: str) -> pd.DataFrame:
+    """One row per experiment of the group: ours beside the published CSO-mAP and APs.
+
+    ``finished``: from :func:`finished_experiments`; ``published``: rows with ``table``, ``row``
+    and the AP columns; ``metrics_path``: the group method's metrics file.
+    """
+    paper = published.set_index(["table", "row"]) if len(published) else None
+    out = []
+    for row in group.rows:
+        ours = finished.get(group.experiment_name(row), {}).get(metrics_path, {})
+        reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
+        record = {"table": row.table, "row": row.row, "experiment": group.experiment_name(row),
+                  "command": " ".join(["dvc exp run", *group.targets,
+                                       *[f"-S {k}={_flow(v)}" for k, v in row.set.items()]])}
+        for column in AP_COLUMNS:
+            record[column] = ours.get(column)
+            record[f"{column}_published"] = None if reference is None else float(reference[column])
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+    """Markdown: ours (published) per AP column, then the command that made the row."""
+    def pair(ours, paper) -> str:
+        left = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
+        return left + ("" if paper is None or pd.isna(paper) else f" ({paper:.2f})")
+
+    header = ["Table", "Row", "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Command"]
+    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [row["table"], row["row"], *[pair(row[c], row[f"{c}_published"]) for c in AP_COLUMNS],
+                 f"`{row['command']}`"]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_dir(dvc_yaml: Path) -> str:
+    """``vars.paths.metrics`` of dvc.yaml: where every method's metrics JSON lives."""
+    for entry in yaml.safe_load(dvc_yaml.read_text()).get("vars", []):
+        if isinstance(entry, Mapping) and "metrics" in entry.get("paths", {}):
+            return entry["paths"]["metrics"]
+    raise ConfigError(f"{dvc_yaml}: vars.paths.metrics is missing")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("queue", "collect", "commands"),
+                        help="queue the group, collect finished experiments, or print the commands")
+    parser.add_argument("group", help="a group of the experiments file, e.g. ablations")
+    parser.add_argument("--file", type=Path, default=Path("experiments.yaml"))
+    parser.add_argument("--reference", type=Path, default=Path("reference/seqcsist_ablations.csv"),
+                        help="published rows (table, row, cso_map, ap05..ap25)")
+    parser.add_argument("--out", type=Path, help="markdown table (default reports/tables/<group>.md)")
+    args = parser.parse_args(argv)
+    try:
+        group = load_group(args.file, args.group)
+        check_keys(group, read_params(Path("params.yaml")))
+        if args.action == "commands":
+            print("\n".join(" ".join(command) for command in queue_commands(group)))
+        elif args.action == "queue":
+            for command in queue_commands(group):
+                subprocess.run(command, check=True)
+        else:
+            shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True)
+            metrics_path = f"{_metrics_dir(Path('dvc.yaml'))}/{group.method}.json"
+            published = pd.read_csv(args.reference) if args.reference.is_file() else pd.DataFrame()
+            table = collect(group, finished_experiments(json.loads(shown.stdout)), published, metrics_path)
+            out = args.out or Path("reports/tables") / f"{group.name}.md"
+            done = int(table["cso_map"].notna().sum())
+            notes = [f"{done} of {len(table)} experiments finished; metrics of `{metrics_path}`; published "
+                     "numbers in parentheses (paper scale). Regenerate with "
+                     f"`python -m pipeline.experiments collect {group.name}`."]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp:
+                tmp.write_text(to_markdown(table, f"Experiments: {group.name}", notes))
+            print(f"{out}: {done} of {len(table)} rows")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as error:
+        print(f"error: {' '.join(error.cmd)} failed with exit code {error.returncode}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Named experiment groups: definitions, queue commands, and collecting finished DVC experiments."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.experiments import (check_keys, collect, finished_experiments, load_group, queue_commands,
+                                  to_markdown)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GROUPS = {
+    "ablations": {
+        "method": "derefnet",
+        "targets": ["evaluate@derefnet"],
+        "rows": [
+            {"id": "i-a", "table": "I", "row": "A", "set": {"methods.derefnet.model.loss_weights": [1, 0.01, 0.01]}},
+            {"id": "v-2", "table": "V", "row": "noise sigma 2", "set": {"sensor.noise_sigma": 2.0}},
+        ],
+    }
+}
+
+
+def write_groups(tmp_path: Path, groups: dict) -> Path:
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(groups, sort_keys=False))
+    return path
+
+
+def exp_show(experiments: list[tuple[str, str, dict | None]]) -> list[dict]:
+    """A `dvc exp show --json` document: one baseline with (name, timestamp, metrics) experiments."""
+    revs = [{"rev": f"{i:040x}", "name": name, "error": None if metrics is not None else {"msg": "failed"},
+             "data": {"timestamp": stamp, "metrics": {path: {"data": values} for path, values in (metrics or {}).items()}}}
+            for i, (name, stamp, metrics) in enumerate(experiments)]
+    return [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+            {"rev": "f" * 40, "name": "main", "data": {}, "experiments": [{"revs": [rev]} for rev in revs]}]
+
+
+def test_queue_commands_set_each_row_params(tmp_path):
+    group = load_group(write_groups(tmp_path, GROUPS), "ablations")
+    commands = queue_commands(group)
+    assert commands[0] == ["dvc", "exp", "run", "--queue", "-n", "ablations-i-a", "evaluate@derefnet",
+                           "-S", "methods.derefnet.model.loss_weights=[1, 0.01, 0.01]"]
+    assert commands[1][-2:] == ["-S", "sensor.noise_sigma=2.0"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda g: g["ablations"].update(rows=[]), "ablations.rows"),
+    (lambda g: g["ablations"]["rows"][1].update(id="i-a"), "must be unique"),
+    (lambda g: g["ablations"]["rows"][0].update(id="Bad Id"), "ablations.rows.0.id"),
+    (lambda g: g["ablations"]["rows"][0].update(extra=1), "ablations.rows.0"),
+    (lambda g: g["ablations"].pop("method"), "ablations.method"),
+    (lambda g: g.update(ablations=[1]), "ablations"),
+])
+def test_bad_groups_name_the_key(tmp_path, damage, message):
+    groups = yaml.safe_load(yaml.safe_dump(GROUPS))
+    damage(groups)
+    with pytest.raises(ConfigError, match=message):
+        load_group(write_groups(tmp_path, groups), "ablations")
+
+
+def test_unknown_group_and_unknown_param_key(tmp_path):
+    path = write_groups(tmp_path, GROUPS)
+    with pytest.raises(ConfigError, match="no experiment group 'seeds'.*ablations"):
+        load_group(path, "seeds")
+    group = load_group(path, "ablations")
+    params = {"sensor": {"noise_sigma": 0.0}, "methods": {"derefnet": {"model": {"loss_weights": [1, 0, 0]}}}}
+    check_keys(group, params)
+    del params["sensor"]
+    with pytest.raises(ConfigError, match="ablations.rows.1.set = 'sensor.noise_sigma'"):
+        check_keys(group, params)
+
+
+def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
+    group = load_group(write_groups(tmp_path, GROUPS), "ablations")
+    path = "reports/metrics/derefnet.json"
+    scores = {"cso_map": 50.0, "ap05": 1.0, "ap10": 10.0, "ap15": 50.0, "ap20": 90.0, "ap25": 99.0}
+    shown = exp_show([("ablations-i-a", "2026-01-01T00:00:00", {path: dict(scores, cso_map=40.0)}),
+                      ("ablations-i-a", "2026-01-02T00:00:00", {path: scores}),
+                      ("ablations-v-2", "2026-01-03T00:00:00", None)])
+    finished = finished_experiments(shown)
+    assert set(finished) == {"ablations-i-a"}
+    published = pd.DataFrame([{"table": "I", "row": "A", **{k: 51.55 for k in scores}}])
+    table = collect(group, finished, published, path)
+    assert table.loc[0, "cso_map"] == 50.0 and table.loc[0, "cso_map_published"] == 51.55
+    assert pd.isna(table.loc[1, "cso_map"]) and pd.isna(table.loc[1, "cso_map_published"])
+    text = to_markdown(table, "Ablations", ["note"])
+    assert "| I | A | 50.00 (51.55) |" in text
+    assert "| V | noise sigma 2 | — |" in text
+    assert "`dvc exp run evaluate@derefnet -S sensor.noise_sigma=2.0`" in text
+
+
+TOY_STAGE = """import json, sys
+from pathlib import Path
+from ruamel.yaml import YAML
+params = YAML(typ="safe").load(Path("params.yaml"))
+Path("reports/metrics").mkdir(parents=True, exist_ok=True)
+score = params["methods"]["toy"]["gain"] * 10.0
+Path("reports/metrics/toy.json").write_text(json.dumps({k: score for k in
+    ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")}))
+"""
+
+
+@pytest.mark.slow
+def test_queue_two_experiments_run_them_and_collect(tmp_path):
+    """`queue` puts two named experiments in DVC's queue, `dvc queue start` runs them, and
+    `collect` turns the finished ones into the markdown table."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def run(*command: str) -> str:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    (tmp_path / "stage.py").write_text(TOY_STAGE)
+    (tmp_path / "params.yaml").write_text("methods:\n  toy:\n    gain: 1.0\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"vars": [{"paths": {"metrics": "reports/metrics"}}], "stages": {
+        "toy": {"cmd": "python stage.py", "deps": ["stage.py"], "params": ["methods.toy"],
+                "metrics": [{"reports/metrics/toy.json": {"cache": False}}]}}}))
+    write_groups(tmp_path, {"gains": {"method": "toy", "targets": ["toy"], "rows": [
+        {"id": "two", "table": "T", "row": "gain 2", "set": {"methods.toy.gain": 2.0}},
+        {"id": "three", "table": "T", "row": "gain 3", "set": {"methods.toy.gain": 3.0}}]}})
+    (tmp_path / "published.csv").write_text("table,row,cso_map,ap05,ap10,ap15,ap20,ap25\nT,gain 2,21,0,0,0,0,0\n")
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "repro", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "toy")
+    run(sys.executable, "-m", "pipeline.experiments", "queue", "gains")
+    run(sys.executable, "-m", "dvc", "queue", "start", "-j", "1")
+    run(sys.executable, "-m", "dvc", "queue", "logs", "gains-three", "--follow")
+    out = run(sys.executable, "-m", "pipeline.experiments", "collect", "gains", "--reference", "published.csv")
+    assert "2 of 2 rows" in out
+    table = (tmp_path / "reports/tables/gains.md").read_text()
+    assert "| T | gain 2 | 20.00 (21.00) |" in table and "| T | gain 3 | 30.00 |" in table
