@@ -19,6 +19,7 @@ PARAMS_FILE = Path("params.yaml")
 PROFILES = ("laptop", "paper")  # scale profiles: a mapping with exactly these keys is a per-profile value
 
 CURVE_TYPES = ("line", "quadratic", "circle")
+BACKGROUNDS = ("none", "clutter", "images")  # what the targets are pasted on (paper Table IV)
 BIT_DEPTHS = (0, 8, 16)
 DATA_SOURCES = ("simulate", "official")
 QINIT_MEASUREMENTS = ("frames", "phi_gt")
@@ -157,6 +158,25 @@ def build_config(cls: type, name: str, given: Mapping, checks: Mapping[str, Call
 
 
 @dataclasses.dataclass(frozen=True)
+class ClutterConfig:
+    """Synthetic clutter: per trajectory a mean ``level`` drawn uniformly from [low, high] plus a
+    smooth random field of std ``amplitude`` (counts) and Gaussian correlation length
+    ``correlation`` (LR px)."""
+
+    level: tuple[float, float]
+    amplitude: float
+    correlation: float
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str) -> "ClutterConfig":
+        return build_config(cls, name, given, {
+            "level": lambda k, v: check_interval(k, v, 0.0),
+            "amplitude": lambda k, v: check_number(k, v, 0.0),
+            "correlation": lambda k, v: check_number(k, v, 0.0, strict=True),
+        })
+
+
+@dataclasses.dataclass(frozen=True)
 class SimulateConfig:
     """The SeqCSIST scene simulator (paper section III); lengths in LR pixels, brightness in counts.
     How frames are recorded (size, PSF, noise, bits) is the sensor's (pipeline.sensor)."""
@@ -174,6 +194,9 @@ class SimulateConfig:
     line_slope_max: float
     quadratic_curvature_max: float
     circle_radius: tuple[float, float]
+    background: str
+    background_dir: str | None
+    clutter: ClutterConfig
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
@@ -197,7 +220,15 @@ class SimulateConfig:
             "line_slope_max": lambda k, v: check_number(k, v, 0.0),
             "quadratic_curvature_max": lambda k, v: check_number(k, v, 0.0),
             "circle_radius": lambda k, v: check_interval(k, v, 0.0, strict=True),
+            "background": lambda k, v: check_choice(k, v, BACKGROUNDS),
+            "background_dir": lambda k, v: v,
+            "clutter": lambda k, v: ClutterConfig.from_section(v, k),
         })
+        require(config.background != "images" or (isinstance(config.background_dir, str) and config.background_dir),
+                f"{name}.background_dir", config.background_dir,
+                f"a folder of infrared images is required when {name}.background = 'images'")
+        require(config.background_dir is None or isinstance(config.background_dir, str),
+                f"{name}.background_dir", config.background_dir, "a folder path or null")
         require(config.k_min <= config.k_max, f"{name}.k_min", config.k_min,
                  f"must not exceed {name}.k_max = {config.k_max}")
         require(config.k_max <= MAX_TARGETS, f"{name}.k_max", config.k_max,

@@ -354,6 +354,36 @@ def read_png(path: Path, bit_depth: int, size: int | None = None) -> np.ndarray:
     return image
 
 
+BACKGROUND_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def read_background_images(folder: str | Path, size: int) -> list[np.ndarray]:
+    """Every grey PNG/TIFF image of ``folder`` (sorted by name) as a float32 array in its own
+    counts; a missing or empty folder, an unreadable or colour image, or one smaller than
+    ``size`` x ``size`` raises a DataFileError naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFileError(f"{folder}: background folder not found (simulate.background_dir)")
+    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in BACKGROUND_SUFFIXES)
+    if not paths:
+        raise DataFileError(f"{folder}: no {'/'.join(BACKGROUND_SUFFIXES)} images (simulate.background_dir)")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as pil:
+                mode = pil.mode
+                image = np.asarray(pil, dtype=np.float32) if mode in ("L", "F", *PNG_MODES[16]) else None
+        except OSError as exc:
+            raise DataFileError(f"{path}: not a readable image ({exc})") from exc
+        if image is None or image.ndim != 2:
+            raise DataFileError(f"{path}: a mode {mode!r} image, expected a grey (single-channel) image")
+        if min(image.shape) < size:
+            raise DataFileError(f"{path}: {image.shape[0]}x{image.shape[1]} pixels, smaller than a "
+                                f"{size}x{size} frame")
+        images.append(image)
+    return images
+
+
 def read_official_tree(root: str | Path, frames_per_trajectory: int, *, bit_depth: int,
                        size: int | None = None, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Import an unpacked official tree into (frames, targets) tables.

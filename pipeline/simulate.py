@@ -5,8 +5,12 @@ moves ``step`` px per frame along x (forwards if x0 is left of the centre, else 
 staying on a random curve f (line, quadratic, circle arc). K targets sit in K distinct compass
 directions at ``distance`` px from it and drift outward by U(0, ``drift_max``) px each frame.
 Frames are rendered from the continuous positions with the closed-form pixel integral, then the
-sensor model adds Gaussian noise and quantises. Everything is vectorised over trajectories and
-frames, and every random draw comes from one ``numpy.random.Generator`` seeded by ``seed``.
+sensor model adds Gaussian noise and quantises. Optionally the targets sit on a background
+(``background``: a seeded synthetic clutter field, or random crops of the user's own infrared
+images), fixed per trajectory and added before the sensor. Everything is vectorised over
+trajectories and frames; the scene's random draws come from one ``numpy.random.Generator`` seeded
+by ``seed``, the background's from a second one seeded by ``[seed, 1]`` (so a dataset without a
+background is the same with or without this option).
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
-from pipeline.config import ConfigError, SimulateConfig
+from pipeline.config import ClutterConfig, ConfigError, SimulateConfig
+from pipeline.io import read_background_images
 from pipeline.physics import render_batch
 from pipeline.sensor import Sensor
 
@@ -59,15 +65,55 @@ def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndar
     return offsets
 
 
+def clutter_backgrounds(clutter: ClutterConfig, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, size, size) smooth random fields: white noise blurred by a Gaussian of std
+    ``correlation`` (on a patch padded by 3 std, then cropped), centred and scaled to std
+    ``amplitude`` over the frame, plus a mean level drawn per field from ``level``."""
+    pad = int(np.ceil(3 * clutter.correlation))
+    white = rng.standard_normal((n, size + 2 * pad, size + 2 * pad))
+    field = ndimage.gaussian_filter(white, sigma=(0, clutter.correlation, clutter.correlation))[:, pad:pad + size,
+                                                                                             pad:pad + size]
+    field = field - field.mean(axis=(1, 2), keepdims=True)
+    field = field / np.maximum(field.std(axis=(1, 2), keepdims=True), 1e-12)
+    level = rng.uniform(*clutter.level, n)
+    return level[:, None, None] + clutter.amplitude * field
+
+
+def image_backgrounds(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, size, size) crops: per field a random image of ``images`` and a random position in it."""
+    which = rng.integers(0, len(images), n)
+    corner = rng.random((n, 2))
+    out = np.empty((n, size, size))
+    for index, image in enumerate(images):
+        rows = np.flatnonzero(which == index)
+        if rows.size:
+            top = np.floor(corner[rows, 0] * (image.shape[0] - size + 1)).astype(int)
+            left = np.floor(corner[rows, 1] * (image.shape[1] - size + 1)).astype(int)
+            out[rows] = np.lib.stride_tricks.sliding_window_view(image, (size, size))[top, left]
+    return out
+
+
+def backgrounds(config: SimulateConfig, n: int, size: int) -> np.ndarray | None:
+    """The per-trajectory background (n, size, size) in counts, or None for ``background: none``."""
+    rng = np.random.default_rng([config.seed, 1])
+    if config.background == "clutter":
+        return clutter_backgrounds(config.clutter, n, size, rng)
+    if config.background == "images":
+        return image_backgrounds(read_background_images(config.background_dir, size), n, size, rng)
+    return None
+
+
 def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndarray]:
     """Simulate all trajectories as arrays, recorded through ``sensor``.
 
     Returns x, y, brightness, active (T, F, K_max) target arrays in LR px / counts (inactive
-    slots are 0), n_targets (T,), and images (T, F, size, size) float32 after the sensor model.
+    slots are 0), n_targets (T,), and images (T, F, size, size) float32 after the sensor model
+    (targets plus the trajectory's background, if any).
     """
     _check_geometry(config, sensor)
-    rng = np.random.default_rng(config.seed)
     n, frames, k_max, size = config.trajectories, config.frames, config.k_max, sensor.size
+    background = backgrounds(config, n, size)
+    rng = np.random.default_rng(config.seed)
     centre = (size - 1) / 2
     x0 = rng.integers(1, size - 1, n).astype(np.float64)
     y0 = rng.uniform(1.0, size - 2.0, n)
@@ -92,8 +138,10 @@ def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndar
     b = np.where(active_tfk, brightness[:, None, :], 0.0)
     x, y = np.where(active_tfk, x, 0.0), np.where(active_tfk, y, 0.0)
     clean = render_batch(x.reshape(n * frames, k_max), y.reshape(n * frames, k_max),
-                         b.reshape(n * frames, k_max), size, sensor.psf_sigma)
-    images = sensor.record(clean, rng).reshape(n, frames, size, size)
+                         b.reshape(n * frames, k_max), size, sensor.psf_sigma).reshape(n, frames, size, size)
+    if background is not None:
+        clean = clean + background[:, None]
+    images = sensor.record(clean, rng)
     return {"x": x, "y": y, "brightness": b, "active": active_tfk, "n_targets": n_targets, "images": images}
 
 

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ConfigError, SimulateConfig
+from pipeline.io import DataFileError
 from pipeline.physics import render
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate, simulate_arrays
@@ -111,3 +112,87 @@ def test_config_object_is_accepted(small_simulate):
     config = SimulateConfig.from_section(small_simulate)
     frames, _ = simulate(dataclasses.replace(config, trajectories=2), SENSOR)
     assert frames["trajectory"].nunique() == 2
+
+
+# ------------------------------------------------------------------------------------ backgrounds
+
+
+def _arrays(section: dict, sensor: Sensor) -> dict:
+    return simulate_arrays(SimulateConfig.from_section(section), sensor)
+
+
+def test_background_draws_leave_the_scene_unchanged(small_simulate, sensor):
+    """A zero clutter field gives the same bytes as no background: the background has its own
+    random stream, so the scene (and a dataset without background) does not depend on it."""
+    plain = _arrays(small_simulate, sensor)
+    zero = _arrays({**small_simulate, "background": "clutter",
+                    "clutter": {"level": [0.0, 0.0], "amplitude": 0.0, "correlation": 2.0}}, sensor)
+    for key in ("x", "y", "brightness", "images"):
+        np.testing.assert_array_equal(plain[key], zero[key])
+
+
+def test_clutter_is_smooth_seeded_and_inside_its_level(small_simulate):
+    float_sensor = Sensor(bit_depth=0)
+    clutter = {"level": [20.0, 30.0], "amplitude": 5.0, "correlation": 2.0}
+    section = {**small_simulate, "trajectories": 200, "background": "clutter", "clutter": clutter}
+    with_background = _arrays(section, float_sensor)
+    background = with_background["images"] - _arrays(small_simulate | {"trajectories": 200}, float_sensor)["images"]
+    np.testing.assert_allclose(background, background[:, :1].repeat(background.shape[1], axis=1), atol=1e-4)
+    field = background[:, 0]
+    level = field.mean(axis=(1, 2))
+    assert np.all((level >= 20.0 - 1e-3) & (level <= 30.0 + 1e-3)) and level.std() > 2.0
+    np.testing.assert_allclose(field.std(axis=(1, 2)), 5.0, rtol=1e-3)
+    neighbours = np.corrcoef(field[:, :, :-1].ravel(), field[:, :, 1:].ravel())[0, 1]
+    assert neighbours > 0.8  # correlated over ~2 px, unlike white noise
+    np.testing.assert_array_equal(with_background["images"], _arrays(section, float_sensor)["images"])
+
+
+def test_image_backgrounds_are_crops_of_the_users_images(small_simulate, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    sources = [rng.integers(0, 60, (16, 20)).astype(np.uint8), rng.integers(0, 60, (30, 12)).astype(np.uint8)]
+    for index, image in enumerate(sources):
+        Image.fromarray(image).save(tmp_path / f"scene{index}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    float_sensor = Sensor(bit_depth=0)
+    section = {**small_simulate, "background": "images", "background_dir": str(tmp_path)}
+    background = (_arrays(section, float_sensor)["images"] - _arrays(small_simulate, float_sensor)["images"])[:, 0]
+    crops = [np.lib.stride_tricks.sliding_window_view(image.astype(np.float32), (11, 11)).reshape(-1, 11, 11)
+             for image in sources]
+    crops = np.concatenate(crops)
+    for field in background:
+        assert np.abs(crops - field).max(axis=(1, 2)).min() < 1e-3
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: None, "no .png"),
+    (lambda folder: folder.joinpath("small.png").write_bytes(_png(np.zeros((8, 30), np.uint8))), "small.png: 8x30"),
+    (lambda folder: folder.joinpath("colour.png").write_bytes(_png(np.zeros((20, 20, 3), np.uint8))), "colour.png: a mode 'RGB'"),
+    (lambda folder: folder.joinpath("broken.png").write_bytes(b"not a png"), "broken.png: not a readable image"),
+])
+def test_bad_background_folders_name_the_file(small_simulate, sensor, tmp_path, damage, message):
+    damage(tmp_path)
+    with pytest.raises(DataFileError, match=message):
+        _arrays({**small_simulate, "background": "images", "background_dir": str(tmp_path)}, sensor)
+    with pytest.raises(DataFileError, match="background folder not found"):
+        _arrays({**small_simulate, "background": "images", "background_dir": str(tmp_path / "missing")}, sensor)
+
+
+def test_image_background_needs_a_folder(small_simulate):
+    with pytest.raises(ConfigError, match="simulate.background_dir = None is invalid"):
+        SimulateConfig.from_section({**small_simulate, "background": "images"})
+    with pytest.raises(ConfigError, match="simulate.background = 'sky'"):
+        SimulateConfig.from_section({**small_simulate, "background": "sky"})
+    with pytest.raises(ConfigError, match="simulate.clutter.correlation"):
+        SimulateConfig.from_section({**small_simulate, "clutter": {"level": [0, 1], "amplitude": 1.0, "correlation": 0}})
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
