@@ -116,13 +116,14 @@ def test_render_with_jacobian_matches_render_batch_and_finite_differences():
         assert np.abs(jac[:, :, j] - numeric.reshape(4, 121)).max() < 1e-6 * scale, j
 
 
-@pytest.mark.parametrize("censoring", ["tobit", "hard"])
-@pytest.mark.parametrize("prior", [0.0, 0.01])
-def test_window_gradient_matches_finite_differences(censoring, prior):
+@pytest.mark.parametrize("censoring, prior, background", [("tobit", 0.0, "none"), ("hard", 0.0, "none"),
+                                                         ("tobit", 0.01, "none"), ("hard", 0.01, "constant"),
+                                                         ("tobit", 0.0, "constant")])
+def test_window_gradient_matches_finite_differences(censoring, prior, background):
     """g = J^T r of the whitened, censored, moving-group cost equals half its numerical gradient
-    (checks the motion columns, the one-sided residuals and the prior rows together)."""
+    (checks the motion and background columns, the one-sided residuals and the prior rows together)."""
     windows, pos = trajectories(3, 4, noise=2.0, seed=3)
-    s = settings_for(8, 2.0, censoring=censoring, group_prior_sd=prior, motion_order=2)
+    s = settings_for(8, 2.0, censoring=censoring, group_prior_sd=prior, motion_order=2, background=background)
     assert (windows >= 255).any() and (windows <= 0).any()  # both censoring sides are exercised
     k = 4
     data = torch.from_numpy(windows.reshape(3, -1))
@@ -131,7 +132,7 @@ def test_window_gradient_matches_finite_differences(censoring, prior):
     mid = pos[:, 2]
     rng = np.random.default_rng(0)
     theta = np.concatenate([mid[..., 0] + 0.02, mid[..., 1] - 0.01, np.full((3, k), 230.0),
-                            rng.normal(0, 0.03, (3, 4))], axis=1)
+                            rng.normal(0, 0.03, (3, 4)), np.full((3, s.n_background), 1.5)], axis=1)
     theta = torch.from_numpy(theta)
     problem = problem.with_prior(assign_directions(torch.stack([theta[:, :k], theta[:, k:2 * k]], dim=2), s))
     cost, a, g = evaluate(problem, theta)
@@ -356,3 +357,23 @@ def test_method_on_a_physics_object_of_any_c(c):
     assert model.settings.full_scale == 255.0 and model.settings.psf_sigma == 0.5
     assert np.median(max_matched_error(output.detections, pos[:, 2])) < 0.02
     assert np.isclose(output.hr.sum().item(), sum(b.sum() for b in output.extras["brightness"]), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Background level
+# ------------------------------------------------------------------------------------------------
+
+def test_constant_background_is_fitted_jointly():
+    """Targets on a level of 30 counts: the background model recovers positions and the level;
+    without it the level is explained by spurious targets and brightness."""
+    windows, pos = trajectories(12, 3, noise=0.0, seed=140)
+    lifted = np.clip(windows + 30.0, 0.0, 255.0)  # more pixels saturate than without the level
+    with_level = fit_windows_detailed(lifted, settings_for(8, background="constant"))
+    assert np.all(with_level.k == 3)
+    assert np.median(max_matched_error(with_level.detections, pos[:, 2])) < 0.03
+    levels = np.array([with_level.params[k][i, -1] for i, k in enumerate(with_level.k)])
+    np.testing.assert_allclose(levels, 30.0, atol=0.5)
+    without = fit_windows_detailed(lifted, settings_for(8))
+    assert np.mean(without.k == 3) < np.mean(with_level.k == 3)
+    with pytest.raises(ValueError, match="background"):
+        settings_for(8, background="plane")

@@ -12,8 +12,8 @@ import torch
 from pipeline.coords import Grid
 from pipeline.methods.physfit.forward_model import motion_basis
 from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks
-from pipeline.methods.physfit.proposals import (centroids, collect_starts, draw_jitter, greedy_pursuit,
-                                                initial_brightness)
+from pipeline.methods.physfit.proposals import (background_levels, centroids, collect_starts, draw_jitter,
+                                                greedy_pursuit, initial_brightness)
 from pipeline.methods.physfit.settings import TINY, FitResult, PhysFitSettings
 from pipeline.methods.physfit.solver import covariance, fit_batched
 
@@ -35,9 +35,9 @@ def _positions(theta: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _n_params(k: int, m: int, s: PhysFitSettings) -> int:
-    """Effective number of free parameters: 3K + 2M, less the 2K - 3 cross constraints when the
-    group prior is on (the soft radius prior is not counted)."""
-    d = 3 * k + 2 * m
+    """Effective number of free parameters: 3K + 2M (+ 1 background level), less the 2K - 3 cross
+    constraints when the group prior is on (the soft radius prior is not counted)."""
+    d = 3 * k + 2 * m + s.n_background
     if s.group_prior_sd > 0 and 2 <= k <= len(s.template_directions):
         d -= 2 * k - 3
     return d
@@ -226,10 +226,13 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
     f = frames.shape[0]
     data, high, low = _prepare(frames, s)
     basis = motion_basis(1, 0)
-    centroid = centroids(frames, s)
+    level = background_levels(frames, s)
+    targets_only = frames - level[:, None, None]
+    centroid = centroids(targets_only, s)
     if s.use_pursuit:
-        proposals = [greedy_pursuit(frames, phi, s.k_max,
-                                    full_scale=s.full_scale if s.saturation_aware else None)] + list(proposals)
+        full_scale = s.full_scale if s.saturation_aware else None
+        proposals = [greedy_pursuit(targets_only, phi, s.k_max,
+                                    full_scale=None if full_scale is None else full_scale - level)] + list(proposals)
     problems, modes, costs = {}, {}, {}
     for k in s.k_values:
         problem = Problem(data, high, low, k, basis, s)
@@ -239,8 +242,9 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
         pos = torch.from_numpy(starts.reshape(f * n_starts, k, 2))
         rep = torch.arange(f).repeat_interleave(n_starts)
         expanded = problem.subset(rep).with_prior(assign_directions(pos, s))
-        b0 = initial_brightness(expanded, pos, s)
-        theta0 = torch.cat([pos[..., 0], pos[..., 1], b0], dim=1)
+        level0 = torch.from_numpy(level)[rep]
+        b0 = initial_brightness(expanded, pos, level0, s)
+        theta0 = torch.cat([pos[..., 0], pos[..., 1], b0, level0[:, None][:, :s.n_background]], dim=1)
         theta, cost = fit_batched(expanded, theta0, s)
         modes[k], costs[k] = _distinct_modes(theta.reshape(f, n_starts, -1), cost.reshape(f, n_starts),
                                              k, s, keep)
@@ -289,7 +293,8 @@ def _frame_shift_estimate(windows: np.ndarray, s: PhysFitSettings) -> np.ndarray
     """(B, 2M) start for the motion terms [(v_x, v_y), (a_x, a_y)]: slope of the per-frame
     intensity centroids against tau (velocity); acceleration starts at 0."""
     b, w = windows.shape[:2]
-    cent = centroids(windows.reshape(b * w, s.size, s.size), s).reshape(b, w, 2)
+    frames = windows.reshape(b * w, s.size, s.size)
+    cent = centroids(frames - background_levels(frames, s)[:, None, None], s).reshape(b, w, 2)
     out = np.zeros((b, s.motion_order, 2))
     if s.motion_order and w > 1:
         tau = motion_basis(w, 1).numpy()[:, 0]
@@ -341,7 +346,8 @@ def _fit_windows_block(windows: np.ndarray, s: PhysFitSettings, phi: np.ndarray 
         problem = Problem(data, high, low, k, basis, s)
         problems[k] = problem
         n_keep = single[k].shape[1]
-        theta0 = torch.cat([single[k], motion0[:, None, :].expand(-1, n_keep, -1)], dim=2)
+        theta0 = torch.cat([single[k][..., :3 * k], motion0[:, None, :].expand(-1, n_keep, -1),
+                            single[k][..., 3 * k:]], dim=2)  # the motion terms go before the level
         run = worth[:, i:i + 1] & torch.isfinite(single_cost[k])  # (B, keep)
         cost = torch.full((b, n_keep), math.inf, dtype=theta0.dtype)
         theta = theta0.clone()

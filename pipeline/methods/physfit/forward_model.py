@@ -49,10 +49,11 @@ def motion_basis(n_frames: int, order: int, dtype=torch.float64) -> torch.Tensor
 
 
 def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: int,
-                        sigma: float, need_jacobian: bool = True):
+                       sigma: float, need_jacobian: bool = True, n_background: int = 0):
     """Rendered frames and the analytic Jacobian of a (possibly moving) group.
 
-    theta: (N, D) with D = 3K + 2M: [x_1..x_K, y_1..y_K, b_1..b_K, (vx_j, vy_j) for j = 1..M].
+    theta: (N, D) with D = 3K + 2M + B: [x_1..x_K, y_1..y_K, b_1..b_K, (vx_j, vy_j) for j = 1..M,
+    (level if B = 1)], the level a constant added to every pixel of every frame.
     basis: (W, M) motion basis (see :func:`motion_basis`); target k in frame w sits at
     (x_k + sum_j vx_j basis[w, j], y_k + sum_j vy_j basis[w, j]).
     Returns model (N, R) with R = W * size^2 (frame-major, then row-major pixels) and the
@@ -61,7 +62,7 @@ def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: i
     n, w, m = theta.shape[0], basis.shape[0], basis.shape[1]
     p = size * size
     x0, y0, b = theta[:, :k], theta[:, k:2 * k], theta[:, 2 * k:3 * k]
-    motion = theta[:, 3 * k:].reshape(n, m, 2)
+    motion = theta[:, 3 * k:3 * k + 2 * m].reshape(n, m, 2)
     shift = torch.einsum("wj,njc->nwc", basis, motion)  # (N, W, 2)
     xs = x0[:, :, None] + shift[:, None, :, 0]  # (N, K, W)
     ys = y0[:, :, None] + shift[:, None, :, 1]
@@ -69,6 +70,8 @@ def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: i
     gy, dgy = profiles(ys, size, sigma)
     bgx = b[:, :, None, None] * gx
     model = torch.einsum("nkwr,nkws->nwrs", bgx, gy).reshape(n, w * p)
+    if n_background:
+        model = model + theta[:, -1:]
     if not need_jacobian:
         return model, None
     jx = (b[:, :, None, None, None] * dgx[..., :, None] * gy[..., None, :]).reshape(n, k, w * p)
@@ -81,6 +84,8 @@ def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: i
         per_term = basis.T[None, :, :, None]  # (1, M, W, 1)
         jm = torch.stack([sx * per_term, sy * per_term], dim=2)  # (N, M, 2, W, P)
         columns.append(jm.reshape(n, 2 * m, w * p))
+    if n_background:
+        columns.append(torch.ones_like(model)[:, None, :])
     return model, torch.cat(columns, dim=1)
 
 

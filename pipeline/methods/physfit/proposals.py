@@ -15,12 +15,12 @@ from pipeline.methods.physfit.settings import RIDGE, TINY, PhysFitSettings
 
 
 def greedy_pursuit(frames: np.ndarray, phi: np.ndarray, k_max: int = 5, *,
-                   full_scale: float | None = 255.0) -> np.ndarray:
+                   full_scale: float | np.ndarray | None = 255.0) -> np.ndarray:
     """Non-negative orthogonal matching pursuit on the HR-grid columns of Phi, batched.
 
     frames: (F, m, m) counts. phi: (m^2, (c m)^2) sampling matrix of the physics (its grid, any
-    odd c, is inferred from its shape). Pixels at or above ``full_scale`` are masked out (their
-    value is unknown). Each step picks the HR cell whose normalised column correlates best with
+    odd c, is inferred from its shape). Pixels at or above ``full_scale`` (a scalar, or one value
+    per frame) are masked out (their value is unknown). Each step picks the HR cell whose normalised column correlates best with
     the residual, then refits all picked amplitudes by least squares on the unmasked pixels
     (clipped at 0).
     Returns (F, k_max, 3): (x, y, amplitude) of the atoms in the order picked (LR px, counts).
@@ -32,7 +32,10 @@ def greedy_pursuit(frames: np.ndarray, phi: np.ndarray, k_max: int = 5, *,
         raise ValueError(f"frames are {m}x{m} but phi is for {grid.size}x{grid.size} frames")
     y = torch.from_numpy(frames.reshape(f, -1))
     ph = torch.from_numpy(np.asarray(phi, dtype=np.float64))  # (P, H)
-    weight = torch.ones_like(y) if full_scale is None else (y < full_scale).to(y.dtype)
+    if full_scale is None:
+        weight = torch.ones_like(y)
+    else:
+        weight = (y < torch.as_tensor(np.asarray(full_scale, dtype=np.float64)).reshape(-1, 1)).to(y.dtype)
     norms = torch.sqrt((weight @ (ph * ph)).clamp(min=TINY))  # (F, H)
     residual = weight * y
     chosen = torch.zeros(f, 0, dtype=torch.long)
@@ -132,15 +135,24 @@ def collect_starts(k: int, centroid: np.ndarray, proposals: Sequence[np.ndarray]
     return np.stack(starts, axis=1)
 
 
-def initial_brightness(problem: Problem, positions: torch.Tensor, s: PhysFitSettings) -> torch.Tensor:
-    """Least-squares brightness (N, K) for fixed positions (N, K, 2) of static targets, using the
-    uncensored pixels of the first frame, clipped to the brightness box."""
+def background_levels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
+    """(F,) start of the background level of each frame (or window): its median pixel, which the
+    few pixels of a group do not move; zeros for ``background="none"``."""
+    flat = np.asarray(frames, dtype=np.float64).reshape(len(frames), -1)
+    return np.median(flat, axis=1) if s.n_background else np.zeros(len(flat))
+
+
+def initial_brightness(problem: Problem, positions: torch.Tensor, level: torch.Tensor,
+                       s: PhysFitSettings) -> torch.Tensor:
+    """Least-squares brightness (N, K) for fixed positions (N, K, 2) of static targets on a
+    background ``level`` (N,), using the uncensored pixels of the first frame, clipped to the
+    brightness box."""
     k = positions.shape[1]
     gx, _ = profiles(positions[..., 0], s.size, s.psf_sigma)
     gy, _ = profiles(positions[..., 1], s.size, s.psf_sigma)
     p = s.size * s.size
     atoms = (gx[..., :, None] * gy[..., None, :]).reshape(-1, k, p).transpose(1, 2)  # (N, P, K)
-    data = problem.data[:, :p]
+    data = problem.data[:, :p] - level[:, None]
     usable = (~(problem.high[:, :p] | problem.low[:, :p])).to(data.dtype)
     atoms_w = atoms * usable[..., None]
     gram = atoms_w.transpose(1, 2) @ atoms_w

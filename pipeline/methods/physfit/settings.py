@@ -13,6 +13,7 @@ from pipeline.sensor import Sensor
 TINY = 1e-12  # floor of divisors and of the square-root residual
 RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
 INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
+BACKGROUND_MODELS = ("none", "constant")  # a level shared by the pixels (and frames) of a fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,8 @@ class PhysFitSettings:
         position_margin: positions are bounded to [-margin, size - 1 + margin].
         bic_penalty: multiplier of D ln(n) in the information criterion.
         motion_order: 0 = static, 1 = + velocity, 2 = + acceleration (windows only).
+        background: "none" (targets on a zero floor) or "constant" (one free level per frame, or per
+        window in the joint fit, started at the median pixel; for data with a background).
     Group prior (optional; the SeqCSIST geometry: targets on distinct compass arms of a common
     reference point at a common distance)
         group_prior_sd: sd (LR px) of each target's deviation from the best-fitting cross
@@ -85,6 +88,7 @@ class PhysFitSettings:
     position_margin: float = 0.5
     bic_penalty: float = 1.0
     motion_order: int = 1
+    background: str = "none"
     group_prior_sd: float = 0.0
     group_radius: float = 0.315
     group_radius_sd: float = 0.03
@@ -121,6 +125,8 @@ class PhysFitSettings:
             raise ValueError("need 0 < brightness_min < brightness_max")
         if self.censoring not in ("tobit", "hard"):
             raise ValueError(f"censoring must be 'tobit' or 'hard', got {self.censoring!r}")
+        if self.background not in BACKGROUND_MODELS:
+            raise ValueError(f"background must be one of {BACKGROUND_MODELS}, got {self.background!r}")
         if self.motion_order not in (0, 1, 2):
             raise ValueError(f"motion_order must be 0, 1 or 2, got {self.motion_order}")
         if self.psf_sigma <= 0 or self.min_sd <= 0 or self.score_scale <= 0:
@@ -132,6 +138,11 @@ class PhysFitSettings:
     def noise_sd(self) -> float:
         """Whitening sd (counts): sqrt(noise_sigma^2 + quantum^2 / 12), at least ``min_sd``."""
         return max(math.sqrt(self.noise_sigma ** 2 + self.quantum ** 2 / 12.0), self.min_sd)
+
+    @property
+    def n_background(self) -> int:
+        """Background parameters of a fit: 1 for a constant level, else 0."""
+        return int(self.background == "constant")
 
     @property
     def k_values(self) -> list[int]:
@@ -162,8 +173,8 @@ class FitResult:
     bic: (F, n_K) information criterion per K in ``k_values``; chi2: (F, n_K) whitened cost.
     k_values: (n_K,) the K tried.
     params: dict K -> (F, D_K) lowest-cost parameter vector for that K,
-        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y))] (motion terms for windows only;
-        positions of the middle frame).
+        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y)), (level)] (motion terms for windows
+        only; the level with ``background="constant"``; positions of the middle frame).
     """
 
     detections: list[np.ndarray]

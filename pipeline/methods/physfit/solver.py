@@ -10,10 +10,12 @@ from pipeline.methods.physfit.settings import TINY, PhysFitSettings
 
 
 def _bounds(k: int, m: int, s: PhysFitSettings, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(D,) lower and upper bounds: positions inside the field, brightness in its box, motion free."""
+    """(D,) lower and upper bounds: positions inside the field, brightness in its box, motion and
+    background level free."""
     lo_pos, hi_pos = -s.position_margin, s.size - 1 + s.position_margin
-    lower = [lo_pos] * (2 * k) + [s.brightness_min] * k + [-math.inf] * (2 * m)
-    upper = [hi_pos] * (2 * k) + [s.brightness_max] * k + [math.inf] * (2 * m)
+    free = 2 * m + s.n_background
+    lower = [lo_pos] * (2 * k) + [s.brightness_min] * k + [-math.inf] * free
+    upper = [hi_pos] * (2 * k) + [s.brightness_max] * k + [math.inf] * free
     return torch.tensor(lower, dtype=dtype), torch.tensor(upper, dtype=dtype)
 
 
