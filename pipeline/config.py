@@ -323,11 +323,13 @@ def ap_key(threshold: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length."""
+    """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length,
+    and which test windows are scored (every ``window_stride``-th of each trajectory; 1 = all)."""
 
     brightness_threshold: float
     distance_thresholds: tuple[float, ...]
     window: int
+    window_stride: int
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "evaluate") -> "EvaluateConfig":
@@ -335,6 +337,7 @@ class EvaluateConfig:
             "brightness_threshold": lambda k, v: check_number(k, v, 0.0),
             "distance_thresholds": lambda k, v: check_number_list(k, v, 0.0, strict=True),
             "window": lambda k, v: check_integer(k, v, 1),
+            "window_stride": lambda k, v: check_integer(k, v, 1),
         })
         require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
         keys = [ap_key(t) for t in config.distance_thresholds]

@@ -115,25 +115,27 @@ class Windows:
         return self.subset((self.f - self.f.min()) % stride == 0)
 
 
-def scored_frames(n_frames: int, window: int) -> np.ndarray:
-    """Indices of the middle frames of all windows of a trajectory of ``n_frames`` frames."""
+def scored_frames(n_frames: int, window: int, stride: int = 1) -> np.ndarray:
+    """Indices of the middle frames of the windows of a trajectory of ``n_frames`` frames: every
+    ``stride``-th of all full windows, starting with the first."""
     half = window // 2
     if n_frames < window:
         raise ConfigError(f"evaluate.window = {window} is invalid: longer than the {n_frames} frames of each trajectory")
-    return np.arange(half, n_frames - half)
+    return np.arange(half, n_frames - half, stride)
 
 
-def scored_positions(data: SplitData, window: int) -> tuple[np.ndarray, np.ndarray]:
+def scored_positions(data: SplitData, window: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(t, f): trajectory position and frame index of every scored frame, trajectory-major."""
-    frames = scored_frames(data.n_frames, window)
+    frames = scored_frames(data.n_frames, window, stride)
     t, f = np.meshgrid(np.arange(len(data.trajectories)), frames, indexing="ij")
     return t.ravel(), f.ravel()
 
 
-def make_windows(data: SplitData, grid: Grid, window: int) -> Windows:
-    """All windows of ``data`` (sliding, stride 1) with the GT maps of their middle frames."""
-    t, f = scored_positions(data, window)
-    view = np.lib.stride_tricks.sliding_window_view(data.images, window, axis=1)  # (T, F-W+1, m, m, W)
+def make_windows(data: SplitData, grid: Grid, window: int, stride: int = 1) -> Windows:
+    """The windows of ``data`` around every ``stride``-th middle frame (1 = all sliding windows),
+    with the GT maps of their middle frames."""
+    t, f = scored_positions(data, window, stride)
+    view = np.lib.stride_tricks.sliding_window_view(data.images, window, axis=1)[:, ::stride]  # (T, ., m, m, W)
     lr = np.ascontiguousarray(np.moveaxis(view, -1, 2).reshape(-1, window, *data.images.shape[2:]))
     hr = targets_to_hr_maps(data.frame_targets(t, f), grid).astype(np.float32)
     return Windows(lr.astype(np.float32), hr, t, f)

@@ -26,7 +26,7 @@ def grid_oracle(data: SplitData, grid: Grid, config: EvaluateConfig) -> dict:
     brightness they carry). ``perfect_ranking``: the same detections ranked by closeness to
     their target, the ceiling with an ideal score.
     """
-    t, f = scored_positions(data, config.window)
+    t, f = scored_positions(data, config.window, config.window_stride)
     truths = data.frame_targets(t, f)
     maps = targets_to_hr_maps(truths, grid)
     detections = hr_map_to_detections(maps, c=grid.c, threshold=config.brightness_threshold)

@@ -25,10 +25,11 @@ def load_physics(phi_path: str | Path, qinit_path: str | Path, sensor: Sensor) -
 
 
 def load_windows(frames: str | Path, targets: str | Path, split: str | Path, split_name: str,
-                 physics: PhysicsOperator, window: int) -> tuple[Windows, list]:
-    """All windows of one split and the targets of their middle frames."""
+                 physics: PhysicsOperator, window: int, stride: int = 1) -> tuple[Windows, list]:
+    """The windows of one split (every ``stride``-th per trajectory) and the targets of their
+    middle frames."""
     data = load_split(frames, targets, split, split_name)
-    windows = make_windows(data, physics.grid, window)
+    windows = make_windows(data, physics.grid, window, stride)
     return windows, data.frame_targets(windows.t, windows.f)
 
 

@@ -24,7 +24,8 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(trainer.device)
     physics = load_physics(args.phi, args.qinit, Sensor.from_section(section(params, "sensor")))
     model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device)
-    test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window)
+    test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window,
+                                evaluate.window_stride)
     metrics, curves, maps, detections = evaluate_method(model, test, truths, evaluate, device,
                                                         trainer.eval_batch, progress=True)
     write_json({"method": args.method, **metrics}, args.metrics)

@@ -38,7 +38,8 @@ def main(args: argparse.Namespace) -> None:
     title = "Table VII: CSO-mAP on the SeqCSIST test split, ours (published)"
     notes = [f"Profile: **{profile}**. Published numbers (in parentheses) are paper scale.",
              f"Scored on the middle frames of {evaluate.window}-frame test windows "
-             f"({results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
+             f"({'all' if evaluate.window_stride == 1 else f'every {evaluate.window_stride}th of each trajectory'}: "
+             f"{results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
              "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters.",
              "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
              "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
@@ -57,13 +58,13 @@ def main(args: argparse.Namespace) -> None:
 
     grid = Grid.from_phi(load_array(args.phi))
     test = load_split(args.frames, args.targets, args.split, "test")
-    windows = make_windows(test, grid, evaluate.window)
+    windows = make_windows(test, grid, evaluate.window, evaluate.window_stride)
     chosen = figure_windows(report.figure_windows, len(windows))
     outputs = {}
     for method in evaluated:
         path = Path(args.predictions_dir) / f"{method}.npz"
-        saved = load_arrays(path, ("hr", "t", "detections", "detection_window"))
-        if not np.array_equal(saved["t"], windows.t):
+        saved = load_arrays(path, ("hr", "t", "f", "detections", "detection_window"))
+        if not (np.array_equal(saved["t"], windows.t) and np.array_equal(saved["f"], windows.f)):
             raise DataFileError(f"{path}: windows differ from the test split")
         outputs[labels[method][1]] = (saved["hr"][chosen], unpack_detections(saved, chosen))
     with atomic_path(Path(args.figures) / "test_windows.png") as tmp:

@@ -114,3 +114,18 @@ def test_writes_use_a_fixed_temporary_name_and_clear_stale_ones(tmp_path):
         assert tmp == tmp_path / ".out.npy.tmp" and not any(path.exists() for path in stale)
         tmp.write_bytes(b"done")
     assert [p.name for p in tmp_path.iterdir()] == ["out.npy"] and target.read_bytes() == b"done"
+
+
+def test_strided_windows_are_a_subset_of_all_windows(tmp_path, dataset):
+    """evaluate.window_stride: every k-th window of each trajectory, the same as thinning all."""
+    from pipeline.coords import Grid
+    from pipeline.data import load_split_tables, make_windows
+
+    frames, targets, split = dataset
+    data = load_split_tables(frames, targets, split, None)
+    every = make_windows(data, Grid(11, 3), 5)
+    strided = make_windows(data, Grid(11, 3), 5, stride=4)
+    thinned = every.every(4)
+    for name in ("lr", "hr", "t", "f"):
+        np.testing.assert_array_equal(getattr(strided, name), getattr(thinned, name))
+    assert len(strided) == len(np.unique(frames["trajectory"])) * 4
