@@ -28,7 +28,8 @@ def convolution_matrix(profile: torch.Tensor, length: int) -> torch.Tensor:
     index = torch.arange(length)
     offset = index[:, None] - index[None, :] + half
     inside = (offset >= 0) & (offset < profile.shape[0])
-    return torch.where(inside, profile[offset.clamp(0, profile.shape[0] - 1)], torch.zeros((), dtype=profile.dtype))
+    taps = profile[offset.clamp(0, profile.shape[0] - 1)]
+    return torch.where(inside, taps, torch.zeros((), dtype=profile.dtype))
 
 
 @register_model("bid")

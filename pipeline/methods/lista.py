@@ -33,7 +33,7 @@ _STEP_MARGIN = 1.001
 class _LearnedISTA(UnmixingMethod):
     """x_0 = Q y, then ``layers`` untied layers (:meth:`layer`); single-frame.
 
-    Shared parameters: ``back_projection`` (K, n, m^2), the per-layer map from LR space (y or a
+    Shared parameters: ``back_projection``, per layer an (n, m^2) map from LR space (y or a
     residual) to HR space, initialised to ``back_projection_init``; ``threshold`` (K, n), one
     value per layer and HR cell, initialised to ``threshold_init`` (a buffer when
     ``learned_threshold`` is False). Every layer gets its own copy (the originals aliased them on
@@ -50,16 +50,17 @@ class _LearnedISTA(UnmixingMethod):
             raise ValueError(f"layers must be >= 1, got {layers}")
         self.layers = int(layers)
         self.faithful_broadcast_loss = bool(faithful_broadcast_loss)
-        self.back_projection = nn.Parameter(self._per_layer(back_projection_init))
+        self.back_projection = self._per_layer(back_projection_init)
         threshold = torch.full((self.layers, self.grid.n_hr), float(threshold_init))
         if learned_threshold:
             self.threshold = nn.Parameter(threshold)
         else:
             self.register_buffer("threshold", threshold)
 
-    def _per_layer(self, matrix: torch.Tensor) -> torch.Tensor:
-        """(r, s) -> (K, r, s): an independent copy per layer."""
-        return matrix.detach().to(self.physics.phi.dtype).expand(self.layers, *matrix.shape).clone()
+    def _per_layer(self, matrix: torch.Tensor) -> nn.ParameterList:
+        """An independent trainable copy of ``matrix`` per layer."""
+        matrix = matrix.detach().to(self.physics.phi.dtype)
+        return nn.ParameterList(nn.Parameter(matrix.clone()) for _ in range(self.layers))
 
     def layer(self, k: int, x: torch.Tensor, y: torch.Tensor, residual: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +94,7 @@ class _RecurrentLISTA(_LearnedISTA):
                  threshold_init: float, learned_threshold: bool, faithful_broadcast_loss: bool) -> None:
         super().__init__(physics, layers, physics.qinit, threshold_init, learned_threshold,
                          faithful_broadcast_loss)
-        self.recurrence = nn.Parameter(self._per_layer(recurrence_init))
+        self.recurrence = self._per_layer(recurrence_init)
 
     def shrink(self, r: torch.Tensor, k: int) -> torch.Tensor:
         """The layer's shrinkage of (B, n) rows."""
@@ -163,7 +164,7 @@ class LIHT(_RecurrentLISTA):
 
 @register_model("lamp")
 class LAMP(_LearnedISTA):
-    """Learned AMP (§5.7): 16 layers, each with B_k (n, m^2) from Phi^T / ||Phi||^2 and lambda_k (n) from 0.4.
+    """Learned AMP (§5.7): 16 layers, B_k (n, m^2) from Phi^T / ||Phi||^2, lambda_k (n) from 0.4.
 
     State v_0 = 0. Layer k: b = ||x||_0 / m^2 (Onsager weight: the fraction of nonzero cells times
     n / m^2), v <- y - Phi x + b v, sigma = ||v||_2 / m (per frame), x <- soft(x + B_k v,
