@@ -135,6 +135,22 @@ def test_lista_starts_as_the_preconditioned_gradient_iteration(physics):
     assert default.threshold.detach().unique().item() == pytest.approx(0.4 / (1.001 * phi_norm))
 
 
+def test_init_from_phi(physics):
+    """init_from="phi": B_k = Phi^T / L and W_k = I - Phi^T Phi / L (the textbook LISTA start)."""
+    lipschitz = lipschitz_constant(physics.phi)
+    phi = physics.phi.double()
+    for name in ("lista", "liht"):
+        model = get_model(name, physics, layers=2, init_from="phi")
+        torch.testing.assert_close(model.back_projection[1], physics.phi.T / lipschitz)
+        expected = torch.eye(33 * 33, dtype=torch.float64) - phi.T @ phi / lipschitz
+        torch.testing.assert_close(model.recurrence[1].double(), expected, rtol=0, atol=1e-6)
+    tilista = get_model("tilista", physics, layers=2, init_from="phi")
+    torch.testing.assert_close(tilista.back_projection[0], physics.phi.T / lipschitz)
+    torch.testing.assert_close(get_model("lamp", physics, layers=1).back_projection[0], physics.phi.T / lipschitz)
+    with pytest.raises(ValueError, match="init_from"):
+        get_model("lista", physics, layers=1, init_from="identity")
+
+
 def test_liht_init_and_faithful_identity(physics):
     lr, _ = windows(physics, 4)
     with torch.no_grad():

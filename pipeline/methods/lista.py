@@ -4,7 +4,7 @@ All four start from x_0 = Q y and run ``layers`` untied layers, each a linear st
 physics followed by a per-cell shrinkage with a learned threshold (K layers, n HR cells, m^2 LR
 pixels, rows in code: ``x @ W.T`` is W x):
 
-    LISTA    x <- soft(W_k x + B_k y, max(theta_k, 0))          W_k = I - Q Phi, B_k = Q
+    LISTA    x <- soft(W_k x + B_k y, max(theta_k, 0))          B_k = Q, W_k = I - B_k Phi
     LIHT     x <- hard(W_k x + B_k y, theta)                     same init, theta fixed
     LAMP     v <- y - Phi x + b v,  x <- soft(x + B_k v, max(lambda_k ||v|| / m, 0)),  B_k = Phi^T / L
     TiLISTA  x <- shrink_ss(x + alpha_k W_k (y - Phi x), theta_k, p_k),  W_k = Q
@@ -88,11 +88,12 @@ class _LearnedISTA(UnmixingMethod):
 
 
 class _RecurrentLISTA(_LearnedISTA):
-    """LISTA-type layer x <- shrink_k(W_k x + B_k y) with W_k (n, n) and B_k = Q (n, m^2) per layer."""
+    """LISTA-type layer x <- shrink_k(W_k x + B_k y) with W_k (n, n) and B_k (n, m^2) per layer."""
 
-    def __init__(self, physics: PhysicsOperator, layers: int, recurrence_init: torch.Tensor,
-                 threshold_init: float, learned_threshold: bool, faithful_broadcast_loss: bool) -> None:
-        super().__init__(physics, layers, physics.qinit, threshold_init, learned_threshold,
+    def __init__(self, physics: PhysicsOperator, layers: int, back_projection_init: torch.Tensor,
+                 recurrence_init: torch.Tensor, threshold_init: float, learned_threshold: bool,
+                 faithful_broadcast_loss: bool) -> None:
+        super().__init__(physics, layers, back_projection_init, threshold_init, learned_threshold,
                          faithful_broadcast_loss)
         self.recurrence = self._per_layer(recurrence_init)
 
@@ -106,26 +107,42 @@ class _RecurrentLISTA(_LearnedISTA):
         return self.shrink(r, k), residual
 
 
-def _gradient_step_matrix(physics: PhysicsOperator) -> torch.Tensor:
-    """I - Q Phi, (n, n): x -> x + Q (y - Phi x) is then W x + Q y."""
-    qinit, phi = physics.qinit.double(), physics.phi.double()
-    return torch.eye(physics.grid.n_hr, dtype=torch.float64) - qinit @ phi
+def back_projection_matrix(physics: PhysicsOperator, init_from: str) -> torch.Tensor:
+    """(n, m^2) float64 start of the learned back-projections: Q (``"qinit"``, methods.md and the
+    originals) or Phi^T / ||Phi||^2 (``"phi"``, the textbook ISTA step of LISTA and ALISTA)."""
+    if init_from == "qinit":
+        return physics.qinit.double()
+    if init_from == "phi":
+        return physics.phi.double().T / lipschitz_constant(physics.phi)
+    raise ValueError(f"init_from must be 'qinit' or 'phi', got {init_from!r}")
+
+
+def gradient_step_matrix(physics: PhysicsOperator, back_projection: torch.Tensor) -> torch.Tensor:
+    """I - B Phi, (n, n): the step x + B (y - Phi x) is then (I - B Phi) x + B y.
+
+    For B = Phi^T / L it contracts. For B = Q it is a no-op on the Q y start when Phi Q = I (Q
+    fitted on Phi X, as shipped), but it can expand when Q is fitted on real frames (Phi Q then
+    has eigenvalues off 1, some below 0 on the laptop data), and 16 layers amplify that.
+    """
+    return torch.eye(physics.grid.n_hr, dtype=torch.float64) - back_projection @ physics.phi.double()
 
 
 @register_model("lista")
 class LISTA(_RecurrentLISTA):
     """LISTA (§5.5): x <- soft(W_k x + B_k y, max(theta_k, 0)), 16 untied layers.
 
-    W_k (n, n) starts at I - Q Phi and B_k (n, m^2) at Q, so every layer starts as the
-    Q-preconditioned gradient step x + Q (y - Phi x); theta_k (n) starts at lam / (1.001 ||Phi||^2).
-    16 (n^2 + n m^2 + n) = 21,100,464 parameters at c = 3 (published 21.10 M).
+    B_k (n, m^2) starts at Q (``init_from="qinit"``, methods.md) or Phi^T / ||Phi||^2 (``"phi"``)
+    and W_k (n, n) at I - B_k Phi, so every layer starts as the gradient step x + B_k (y - Phi x);
+    theta_k (n) starts at lam / (1.001 ||Phi||^2). 16 (n^2 + n m^2 + n) = 21,100,464 parameters at
+    c = 3 (published 21.10 M).
     """
 
     label = "LISTA"
 
     def __init__(self, physics: PhysicsOperator, layers: int = 16, lam: float = 0.4,
-                 faithful_broadcast_loss: bool = False) -> None:
-        super().__init__(physics, layers, _gradient_step_matrix(physics),
+                 init_from: str = "qinit", faithful_broadcast_loss: bool = False) -> None:
+        back_projection = back_projection_matrix(physics, init_from)
+        super().__init__(physics, layers, back_projection, gradient_step_matrix(physics, back_projection),
                          lam / (_STEP_MARGIN * lipschitz_constant(physics.phi)),
                          learned_threshold=True, faithful_broadcast_loss=faithful_broadcast_loss)
 
@@ -143,7 +160,7 @@ class LIHT(_RecurrentLISTA):
     changes nothing). Hence 16 (n^2 + n m^2) = 21,083,040 trained parameters at c = 3, against
     the published 21.10 M that counts the 16 n untrained thresholds.
 
-    W_k starts at I - Q Phi, an IHT step, as in LISTA. The original started W_k at I
+    B_k and W_k start as in LISTA (W_k = I - B_k Phi, an IHT step). The original started W_k at I
     (``faithful_identity_init``): with B_k = Q each layer then adds another Q y, so the untrained
     network outputs (K + 1) Q y.
     """
@@ -151,10 +168,12 @@ class LIHT(_RecurrentLISTA):
     label = "LIHT"
 
     def __init__(self, physics: PhysicsOperator, layers: int = 16, threshold: float = math.sqrt(0.4),
-                 faithful_identity_init: bool = False, faithful_broadcast_loss: bool = False) -> None:
+                 init_from: str = "qinit", faithful_identity_init: bool = False,
+                 faithful_broadcast_loss: bool = False) -> None:
+        back_projection = back_projection_matrix(physics, init_from)
         recurrence = (torch.eye(physics.grid.n_hr) if faithful_identity_init
-                      else _gradient_step_matrix(physics))
-        super().__init__(physics, layers, recurrence, threshold, learned_threshold=False,
+                      else gradient_step_matrix(physics, back_projection))
+        super().__init__(physics, layers, back_projection, recurrence, threshold, learned_threshold=False,
                          faithful_broadcast_loss=faithful_broadcast_loss)
 
     def shrink(self, r: torch.Tensor, k: int) -> torch.Tensor:
@@ -175,7 +194,7 @@ class LAMP(_LearnedISTA):
 
     def __init__(self, physics: PhysicsOperator, layers: int = 16, lam: float = 0.4,
                  faithful_broadcast_loss: bool = False) -> None:
-        super().__init__(physics, layers, physics.phi.T / lipschitz_constant(physics.phi), lam,
+        super().__init__(physics, layers, back_projection_matrix(physics, "phi"), lam,
                          learned_threshold=True, faithful_broadcast_loss=faithful_broadcast_loss)
 
     def layer(self, k: int, x: torch.Tensor, y: torch.Tensor, residual: torch.Tensor
@@ -194,18 +213,19 @@ class TiLISTA(_LearnedISTA):
 
     Layer k: z = x + alpha_k W_k (y - Phi x), then the support-selection shrink: the largest
     p_k = min(support_step (k + 1), support_max) % of |z| that also exceed theta_k pass unshrunk,
-    the rest are soft-thresholded by theta_k (no clamp). theta_k starts at lam / (1.001 ||Phi||^2)
-    and alpha_k at 1. 16 (n m^2 + n + 1) = 2,125,744 parameters at c = 3; the published 2.22 M
-    does not match the code (methods.md B25). Unlike the TiLISTA of the ALISTA paper, W_k is not
-    tied across layers (the SEQ model's choice, kept for its parameter count).
+    the rest are soft-thresholded by theta_k (no clamp). W_k starts at Q (``init_from="qinit"``,
+    methods.md) or Phi^T / ||Phi||^2 (``"phi"``), theta_k at lam / (1.001 ||Phi||^2), alpha_k at
+    1. 16 (n m^2 + n + 1) = 2,125,744 parameters at c = 3; the published 2.22 M does not match
+    the code (methods.md B25). Unlike the TiLISTA of the ALISTA paper, W_k is not tied across
+    layers (the SEQ model's choice, kept for its parameter count).
     """
 
     label = "TiLISTA"
 
     def __init__(self, physics: PhysicsOperator, layers: int = 16, lam: float = 0.4,
-                 support_step: float = 1.2, support_max: float = 13.0,
+                 support_step: float = 1.2, support_max: float = 13.0, init_from: str = "qinit",
                  faithful_broadcast_loss: bool = False) -> None:
-        super().__init__(physics, layers, physics.qinit,
+        super().__init__(physics, layers, back_projection_matrix(physics, init_from),
                          lam / (_STEP_MARGIN * lipschitz_constant(physics.phi)),
                          learned_threshold=True, faithful_broadcast_loss=faithful_broadcast_loss)
         if not (support_step > 0 and 0 < support_max <= 100):

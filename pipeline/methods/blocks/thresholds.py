@@ -28,7 +28,8 @@ def support_selection_shrink(z: torch.Tensor, theta: torch.Tensor, percent: floa
     support mask carries no gradient.
     """
     magnitude = torch.abs(z)
-    with torch.no_grad():
-        cutoff = torch.quantile(magnitude, 1.0 - percent / 100.0, dim=1, keepdim=True)
+    with torch.no_grad():  # quantile needs float32/64 (bf16 under autocast)
+        exact = magnitude.to(torch.promote_types(magnitude.dtype, torch.float32))
+        cutoff = torch.quantile(exact, 1.0 - percent / 100.0, dim=1, keepdim=True)
         support = (magnitude > theta) & (magnitude > cutoff)
     return torch.where(support, z, soft_threshold(z, theta))
