@@ -66,13 +66,24 @@ def _pair(ours: float | None, paper: float | None) -> str:
     return left + right
 
 
+def _with_published(ours: str, paper, column: str) -> str:
+    """'ours (published)' for the cost columns, the published figure as printed (text)."""
+    if paper is None or column not in paper or pd.isna(paper[column]) or str(paper[column]).strip() == "":
+        return ours
+    value = paper[column]
+    if isinstance(value, (int, float, np.number)):
+        value = f"{value:,.0f}" if abs(value) >= 10 else f"{value:g}"
+    return f"{ours} ({value})"
+
+
 def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, str]], published: pd.DataFrame,
                  oracle: dict) -> pd.DataFrame:
     """One row per method, ours beside the published numbers, grouped by family in paper order.
 
     ``results``: method id -> metrics dict (evaluate stage JSON). ``labels``: method id ->
     (family, display name) for our methods. ``published``: the reference Table VII (with
-    ``method_id``). Methods in either appear; a missing side shows '—'.
+    ``method_id``). Methods in either appear; a missing side shows '—'. Params, FLOPs and FPS
+    carry the published figure as printed in parentheses (FPS on the paper's GPU).
     """
     published = published.set_index("method_id")
     ids = list(dict.fromkeys(list(published.index) + list(results)))
@@ -84,9 +95,9 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         row = {
             "family": family,
             "method": name,
-            "params": _si(ours["params"]) if ours.get("params") else "—",
-            "flops": _si(ours["flops"]) if "flops" in ours else "—",
-            "fps": f"{ours['fps']:,.0f}" if "fps" in ours else "—",
+            "params": _with_published(_si(ours["params"]) if ours.get("params") else "—", paper, "params"),
+            "flops": _with_published(_si(ours["flops"]) if "flops" in ours else "—", paper, "flops"),
+            "fps": _with_published(f"{ours['fps']:,.0f}" if "fps" in ours else "—", paper, "fps"),
         }
         for key in ("cso_map",) + AP_KEYS:
             row[key] = _pair(ours.get(key), None if paper is None else float(paper[key]))

@@ -8,7 +8,8 @@ from pipeline.reports import build_table7, figure_windows, profile_label, profil
 PUBLISHED = pd.DataFrame({
     "method_id": ["ista", "srcnn", "derefnet"], "family": ["traditional", "super_resolution", "multi_frame"],
     "method": ["ISTA", "SRCNN", "DeRefNet"], "cso_map": [10.72, 49.64, 51.55], "ap05": [0.14, 1.4, 1.0],
-    "ap10": [1.97, 16.3, 14.4], "ap15": [8.74, 51.2, 54.9], "ap20": [18.22, 85.0, 90.4], "ap25": [24.53, 94.3, 97.1]})
+    "ap10": [1.97, 16.3, 14.4], "ap15": [8.74, 51.2, 54.9], "ap20": [18.22, 85.0, 90.4], "ap25": [24.53, 94.3, 97.1],
+    "params": [None, "15.84K", "0.89M"], "flops": ["398.57M", "0.35G", "15.70G"], "fps": [0.1, 102961, 367]})
 ORACLE = {key: {"cso_map": 47.8, "ap05": 0.6, "ap10": 7.9, "ap15": 41.8, "ap20": 89.3, "ap25": 99.3}
           for key in ("brightness", "perfect_ranking")}
 
@@ -25,11 +26,13 @@ def test_table7_puts_ours_beside_published_grouped_by_family():
     assert list(table["family"]) == ["traditional", "super_resolution", "multi_frame", "beyond_the_papers",
                                      "bound", "bound"]
     srcnn = table[table["method"] == "SRCNN"].iloc[0]
-    assert srcnn["cso_map"] == "40.12 (49.64)" and srcnn["params"] == "15.84K" and srcnn["flops"] == "350.00M"
+    assert srcnn["cso_map"] == "40.12 (49.64)" and srcnn["params"] == "15.84K (15.84K)"
+    assert srcnn["flops"] == "350.00M (0.35G)" and srcnn["fps"] == "1,234 (102,961)"
+    assert table[table["method"] == "PhysFit"].iloc[0]["params"] == "15.84K"  # no published figure
     assert table[table["method"] == "DeRefNet"].iloc[0]["cso_map"] == "— (51.55)"  # published only
     assert table[table["method"] == "PhysFit"].iloc[0]["cso_map"] == "95.50"  # ours only
     markdown = to_markdown(table, "Table VII", ["Profile: laptop"])
-    assert "| **Super resolution** |" in markdown and "| SRCNN | 15.84K |" in markdown
+    assert "| **Super resolution** |" in markdown and "| SRCNN | 15.84K (15.84K) |" in markdown
     assert "Grid oracle" in markdown
     latex = to_latex(table, "Table VII")
     assert "\\toprule" in latex and "40.12 (49.64)" in latex and "--" in latex
