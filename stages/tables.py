@@ -40,7 +40,8 @@ def main(args: argparse.Namespace) -> None:
              f"Scored on the middle frames of {evaluate.window}-frame test windows "
              f"({'all' if evaluate.window_stride == 1 else f'every {evaluate.window_stride}th of each trajectory'}: "
              f"{results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
-             "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters.",
+             "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters; the published "
+             "Params/FLOPs/FPS in parentheses are as printed (FPS on the paper's GPU).",
              "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
              "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
              "of any HR-map method."]
