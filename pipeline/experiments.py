@@ -36,12 +36,14 @@ _MISSING = object()
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One experiment: ``id`` (its name is ``<group>-<id>``), the published ``table``/``row`` it
-    regenerates and the params it sets (dotted key -> value, as ``dvc exp run -S`` takes them)."""
+    regenerates and the params it sets (dotted key -> value, as ``dvc exp run -S`` takes them);
+    ``same_as``: the id of another row whose experiment it reuses (a baseline shared by tables)."""
 
     id: str
     table: str
     row: str
     set: dict
+    same_as: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Group:
     rows: tuple[Row, ...]
 
     def experiment_name(self, row: Row) -> str:
-        return f"{self.name}-{row.id}"
+        return f"{self.name}-{row.same_as or row.id}"
 
 
 def load_group(path: str | Path, name: str) -> Group:
@@ -77,15 +79,18 @@ def load_group(path: str | Path, name: str) -> Group:
     rows, seen = [], set()
     for index, row in enumerate(entry.get("rows") or []):
         key = f"{name}.rows.{index}"
-        require(isinstance(row, Mapping) and set(row) <= {"id", "table", "row", "set"}, key, row,
-                "a mapping with id, table, row and set")
+        require(isinstance(row, Mapping) and set(row) <= {"id", "table", "row", "set", "same_as"}, key, row,
+                "a mapping with id, table, row and set (or same_as)")
         require(isinstance(row.get("id"), str) and _ID_PATTERN.fullmatch(row["id"]) is not None,
                 f"{key}.id", row.get("id"), "lower-case letters, digits, '_' and '-'")
         require(row["id"] not in seen, f"{key}.id", row["id"], "must be unique in the group")
         seen.add(row["id"])
         overrides = row.get("set") or {}
         require(isinstance(overrides, Mapping), f"{key}.set", overrides, "a mapping of dotted params")
-        rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides)))
+        same_as = row.get("same_as")
+        require(same_as is None or (same_as in seen and not overrides), f"{key}.same_as", same_as,
+                "the id of an earlier row, without a set of its own")
+        rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides), same_as))
     require(bool(rows), f"{name}.rows", None, "must list at least one experiment")
     return Group(name, entry["method"], tuple(targets), tuple(rows))
 
@@ -109,6 +114,8 @@ def queue_commands(group: Group) -> list[list[str]]:
     """One ``dvc exp run --queue`` command per row."""
     commands = []
     for row in group.rows:
+        if row.same_as:
+            continue
         command = ["dvc", "exp", "run", "--queue", "-n", group.experiment_name(row), *group.targets]
         for key, value in row.set.items():
             command += ["-S", f"{key}={_flow(value)}"]

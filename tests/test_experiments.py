@@ -23,6 +23,7 @@ GROUPS = {
         "rows": [
             {"id": "i-a", "table": "I", "row": "A", "set": {"methods.derefnet.model.loss_weights": [1, 0.01, 0.01]}},
             {"id": "v-2", "table": "V", "row": "noise sigma 2", "set": {"sensor.noise_sigma": 2.0}},
+            {"id": "v-0", "table": "V", "row": "noise sigma 0", "same_as": "i-a"},
         ],
     }
 }
@@ -49,6 +50,7 @@ def test_queue_commands_set_each_row_params(tmp_path):
     assert commands[0] == ["dvc", "exp", "run", "--queue", "-n", "ablations-i-a", "evaluate@derefnet",
                            "-S", "methods.derefnet.model.loss_weights=[1, 0.01, 0.01]"]
     assert commands[1][-2:] == ["-S", "sensor.noise_sigma=2.0"]
+    assert len(commands) == 2  # the shared baseline row is not queued twice
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -58,6 +60,8 @@ def test_queue_commands_set_each_row_params(tmp_path):
     (lambda g: g["ablations"]["rows"][0].update(extra=1), "ablations.rows.0"),
     (lambda g: g["ablations"].pop("method"), "ablations.method"),
     (lambda g: g.update(ablations=[1]), "ablations"),
+    (lambda g: g["ablations"]["rows"][2].update(same_as="nope"), "ablations.rows.2.same_as"),
+    (lambda g: g["ablations"]["rows"][2].update(set={"sensor.noise_sigma": 1.0}), "ablations.rows.2.same_as"),
 ])
 def test_bad_groups_name_the_key(tmp_path, damage, message):
     groups = yaml.safe_load(yaml.safe_dump(GROUPS))
@@ -94,6 +98,7 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
     text = to_markdown(table, "Ablations", ["note"])
     assert "| I | A | 50.00 (51.55) |" in text
     assert "| V | noise sigma 2 | — |" in text
+    assert table.loc[2, "cso_map"] == 50.0 and table.loc[2, "experiment"] == "ablations-i-a"
     assert "`dvc exp run evaluate@derefnet -S sensor.noise_sigma=2.0`" in text
 
 
