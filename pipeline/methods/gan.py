@@ -115,7 +115,7 @@ class SRGAN(_AdversarialSR):
 
     label = "SRGAN"
     smoke_params: ClassVar[dict] = {"channels": 8, "blocks": 1, "discriminator_channels": 4,
-                                    "perceptual_layer": 0}
+                                    "perceptual_layer": 2}
 
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 16,
                  discriminator_channels: int = 64, pixel_weight: float = 1e-2,
@@ -188,7 +188,7 @@ class ESRGAN(_RRDBGenerator):
 
     label = "ESRGAN"
     smoke_params: ClassVar[dict] = {"channels": 8, "blocks": 1, "growth": 4,
-                                    "discriminator_channels": 4, "perceptual_layer": 0}
+                                    "discriminator_channels": 4, "perceptual_layer": 2}
 
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 23,
                  growth: int = 32, discriminator_channels: int = 64, pixel_weight: float = 1e-2,
@@ -206,13 +206,15 @@ class BSRGAN(_RRDBGenerator):
     (per-pixel logits), RaGAN loss: as shipped, ESRGAN with a U-Net discriminator; there is no
     BSRGAN degradation synthesis (§10 B8), and the frames already come from our sensor model.
 
-    Defaults: generator 11,659,713 parameters, discriminator 4,375,745, perceptual VGG
+    A zero map is a stationary point of the pixel L1 + perceptual terms on sparse targets (an
+    RRDB generator starts near it, having no input residual): early progress comes from the
+    adversarial term. Defaults: generator 11,659,713 parameters, discriminator 4,375,745, perceptual VGG
     20,024,384; sum 36,059,842 = published 36.06 M.
     """
 
     label = "BSRGAN"
     smoke_params: ClassVar[dict] = {"channels": 8, "blocks": 1, "growth": 4,
-                                    "discriminator_channels": 4, "perceptual_layer": 0}
+                                    "discriminator_channels": 16, "perceptual_layer": 2}
 
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 16,
                  growth: int = 32, discriminator_channels: int = 64, pixel_weight: float = 1e-2,
