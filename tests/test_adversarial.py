@@ -1,0 +1,307 @@
+"""Tests of the GAN super-resolution methods (SRGAN, ESRGAN, BSRGAN), their blocks, and TDAN."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+from torchvision.ops import deform_conv2d
+
+from pipeline.coords import Grid
+from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_class
+from pipeline.methods.blocks.adversarial import (UNetDiscriminator, VGGPerceptualLoss,
+                                                 VGGStyleDiscriminator, relativistic_generator_loss)
+from pipeline.methods.blocks.deformable import DeformableConv, deform_conv
+from pipeline.physics import build_phi_closed_form
+
+SIZE, SIGMA = 11, 0.5
+GANS = ("srgan", "esrgan", "bsrgan")
+ALL = (*GANS, "tdan")
+
+
+def make_physics(c: int) -> PhysicsOperator:
+    """Phi at ratio c plus Q fitted by least squares on 500 noise-free sparse maps."""
+    grid = Grid(SIZE, c)
+    phi = build_phi_closed_form(SIZE, c, SIGMA)
+    rng = np.random.default_rng(c)
+    x = np.zeros((500, grid.n_hr))
+    for row in x:
+        row[rng.choice(grid.n_hr, size=3, replace=False)] = rng.uniform(220.0, 250.0, size=3)
+    y = x @ phi.T
+    return PhysicsOperator(phi, np.linalg.lstsq(y, x, rcond=None)[0].T)
+
+
+@pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
+def physics(request) -> PhysicsOperator:
+    return make_physics(request.param)
+
+
+@pytest.fixture(scope="module")
+def physics3() -> PhysicsOperator:
+    return make_physics(3)
+
+
+def smoke(name: str, physics: PhysicsOperator, **changes):
+    return get_model(name, physics, **{**method_class(name).smoke_params, **changes})
+
+
+def windows(batch: int, seed: int = 0, frames: int = 5) -> torch.Tensor:
+    """(batch, frames, m, m) random raw LR windows."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, SIZE, SIZE, generator=generator) * 255
+
+
+def targets(physics: PhysicsOperator, batch: int, seed: int = 0) -> torch.Tensor:
+    """(batch, c m, c m) maps with 3 targets of 220-250 each."""
+    side = physics.grid.hr_size
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.zeros(batch, side * side)
+    cells = torch.stack([torch.randperm(side * side, generator=generator)[:3] for _ in range(batch)])
+    maps.scatter_(1, cells, 220 + 30 * torch.rand(batch, 3, generator=generator))
+    return maps.reshape(batch, side, side)
+
+
+# ----------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_shapes_at_c3_and_c5(name, physics):
+    model = smoke(name, physics)
+    side = physics.grid.hr_size
+    with torch.no_grad():
+        output = model(windows(2))
+    assert output.hr.shape == (2, side, side)
+    assert torch.isfinite(output.hr).all()
+    total, parts = model.loss(output, targets(physics, 2))
+    assert torch.isfinite(total) and all(math.isfinite(v) for v in parts.values())
+    if name == "tdan":
+        assert output.extras["aligned"].shape == (2, 5, SIZE, SIZE)
+    else:
+        with torch.no_grad():
+            logits = model.discriminator(output.hr.unsqueeze(1))
+        assert logits.shape == ((2, 1, side, side) if name == "bsrgan" else (2, 1))
+
+
+def test_discriminators_default_shapes(physics):
+    side = physics.grid.hr_size
+    maps = torch.rand(2, 1, side, side) * 250
+    with torch.no_grad():
+        assert VGGStyleDiscriminator(side, channels=4)(maps).shape == (2, 1)
+        assert UNetDiscriminator(channels=4)(maps).shape == (2, 1, side, side)
+    with pytest.raises(ValueError, match="side"):
+        VGGStyleDiscriminator(31)
+
+
+# -------------------------------------------------------------------------- parameter counts
+
+
+def count(module: torch.nn.Module | list) -> int:
+    parameters = module if isinstance(module, list) else list(module.parameters())
+    return sum(p.numel() for p in parameters)
+
+
+@pytest.mark.parametrize("name, generator, discriminator, published", [
+    ("srgan", 1_552_193, 13_730_249, 35.31e6),
+    ("esrgan", 16_695_681, 13_730_249, 50.45e6),
+    ("bsrgan", 11_659_713, 4_375_745, 36.06e6),
+])
+def test_gan_parameter_counts(name, generator, discriminator, published, physics3):
+    """Table VII counts generator + discriminator + the VGG19 up to conv5_4; we match all three
+    to the published rounding (the evaluation table counts the generator alone)."""
+    with torch.device("meta"):  # shapes only: no initialisation cost
+        model = get_model(name, physics3)
+    vgg = 20_024_384
+    assert count(model.generator_parameters()) == generator
+    assert count(model.discriminator) == discriminator
+    assert count(model.perceptual) == vgg
+    assert count(model) == generator + discriminator + vgg
+    assert round((generator + discriminator + vgg) / 1e4) == round(published / 1e4)
+
+
+def test_tdan_parameter_count(physics3):
+    """584,833 (methods.md §6.1 "≈0.585 M", published 0.59 M)."""
+    with torch.device("meta"):
+        model = get_model("tdan", physics3)
+    assert count(model) == 584_833
+    assert count(model.align_guided) == 50_832
+
+
+# --------------------------------------------------------------------------- adversarial set-up
+
+
+@pytest.mark.parametrize("name", GANS)
+def test_generator_parameters_exclude_discriminator_and_vgg(name, physics3):
+    model = smoke(name, physics3)
+    generator = {id(p) for p in model.generator_parameters()}
+    critic = {id(p) for p in model.discriminator.parameters()}
+    vgg = {id(p) for p in model.perceptual.parameters()}
+    assert generator and critic and vgg
+    assert not generator & critic and not generator & vgg
+    assert all(p.requires_grad for p in model.discriminator.parameters())
+    assert not any(p.requires_grad for p in model.perceptual.parameters())
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == generator | critic
+
+
+@pytest.mark.parametrize("name", GANS)
+def test_generator_loss_leaves_the_discriminator_alone(name, physics3):
+    """The generator step backpropagates through D without D weight gradients; flags restored."""
+    model = smoke(name, physics3)
+    total, parts = model.loss(model(windows(4)), targets(physics3, 4))
+    total.backward()
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    assert all(p.grad is None for p in model.perceptual.parameters())
+    assert all(p.grad is not None for p in model.generator_parameters())
+    assert all(p.requires_grad for p in model.discriminator.parameters())
+    expected = (model.pixel_weight * parts["pixel_l1"] + model.perceptual_weight * parts["perceptual"]
+                + model.adversarial_weight * parts["adversarial"])
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", GANS)
+def test_discriminator_loss_finite_and_decreasing(name, physics3):
+    torch.manual_seed(0)
+    model = smoke(name, physics3)
+    target = targets(physics3, 8)
+    with torch.no_grad():
+        output = model(windows(8))
+    optimiser = torch.optim.Adam(model.discriminator.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        loss, parts = model.discriminator_loss(output, target)
+        assert torch.isfinite(loss) and parts["discriminator"] == pytest.approx(loss.item())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in model.generator_parameters())
+
+
+def test_relativistic_loss_of_an_undecided_discriminator():
+    """Equal logits everywhere: both BCE terms are log 2."""
+    logits = torch.zeros(4, 1)
+    assert relativistic_generator_loss(logits, logits).item() == pytest.approx(math.log(2))
+
+
+# ----------------------------------------------------------------------------- perceptual loss
+
+
+def test_perceptual_features_of_a_raw_map():
+    """A 1-channel raw map is scaled by 1/255, repeated to 3 channels and ImageNet-normalised."""
+    torch.manual_seed(1)
+    loss = VGGPerceptualLoss(layer=2)
+    maps = torch.rand(2, 1, 33, 33) * 250
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    images = (maps.repeat(1, 3, 1, 1) / 255 - mean) / std
+    expected = loss.layers[2](torch.relu(loss.layers[0](images)))
+    torch.testing.assert_close(loss.features(maps), expected)
+    assert loss.source == "untrained VGG19"
+    assert loss(maps, maps).item() == 0.0
+    with pytest.raises(ValueError, match="VGG19"):
+        VGGPerceptualLoss(layer=37)
+
+
+def test_perceptual_weights_file_loads(tmp_path, physics3):
+    """A torchvision-style VGG19 state_dict (features.* plus a classifier) loads into the
+    truncated network; so does one of the truncated layers alone; a missing file raises."""
+    torch.manual_seed(2)
+    donor = VGGPerceptualLoss(layer=4)
+    state = {f"features.{key}": torch.randn_like(value) for key, value in donor.layers.state_dict().items()}
+    state["classifier.0.weight"] = torch.randn(3, 3)
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    loaded = VGGPerceptualLoss(layer=2, weights=path)
+    for key in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        torch.testing.assert_close(loaded.layers.state_dict()[key], state[f"features.{key}"])
+    assert "vgg19.pth" in loaded.source
+    assert not any(p.requires_grad for p in loaded.parameters())
+    bare = tmp_path / "layers.pth"
+    torch.save(loaded.layers.state_dict(), bare)
+    torch.testing.assert_close(VGGPerceptualLoss(layer=2, weights=bare).layers[2].weight, loaded.layers[2].weight)
+    model = smoke("srgan", physics3, perceptual_weights=str(path))
+    torch.testing.assert_close(model.perceptual.layers[0].weight, state["features.0.weight"])
+    assert "vgg19.pth" in model.perceptual_source
+    assert smoke("esrgan", physics3).perceptual_source == "untrained VGG19"
+    with pytest.raises(FileNotFoundError):
+        VGGPerceptualLoss(layer=2, weights=tmp_path / "missing.pth")
+    with pytest.raises(RuntimeError, match="Missing"):
+        VGGPerceptualLoss(layer=7, weights=bare)
+
+
+# ------------------------------------------------------------------------------------- TDAN
+
+
+def test_deformable_conv_with_zero_offsets_is_a_plain_convolution():
+    torch.manual_seed(3)
+    x, guide = torch.randn(2, 16, 11, 11), torch.randn(2, 6, 11, 11)
+    for conv, args in ((DeformableConv(16, 8, 3, deform_groups=8), (x,)),
+                       (DeformableConv(16, 8, 3, deform_groups=4, guide_channels=6), (x, guide))):
+        assert not conv.offset.weight.any() and not conv.offset.bias.any()
+        torch.testing.assert_close(conv(*args), F.conv2d(x, conv.weight, padding=1))
+
+
+def test_deform_conv_matches_torchvision():
+    """Values and gradients (input, offsets, weight) equal torchvision.ops.deform_conv2d, with
+    offsets large enough to sample across pixels and outside the map."""
+    torch.manual_seed(10)
+    x = torch.randn(3, 16, 11, 11, dtype=torch.float64, requires_grad=True)
+    offsets = (2 * torch.randn(3, 2 * 8 * 9, 11, 11, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(6, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    ours = deform_conv(x, offsets, weight)
+    reference = deform_conv2d(x, offsets, weight, padding=1)
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (x, offsets, weight), upstream)
+    expected = torch.autograd.grad(reference, (x, offsets, weight), upstream)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_deformable_offsets_are_dy_dx_per_tap():
+    """A constant offset (0, +1) on every tap samples one pixel to the right."""
+    torch.manual_seed(4)
+    conv = DeformableConv(4, 3, 3, deform_groups=1)
+    with torch.no_grad():
+        conv.offset.bias.copy_(torch.tensor([0.0, 1.0] * 9))
+    x = torch.randn(1, 4, 7, 7)
+    shifted = F.pad(x, (0, 2, 1, 1))  # zero padding moved from the left edge to the right
+    torch.testing.assert_close(conv(x), F.conv2d(shifted, conv.weight))
+
+
+def test_tdan_uses_every_frame_and_outputs_the_middle(physics3):
+    torch.manual_seed(5)
+    model = smoke("tdan", physics3)
+    with torch.no_grad():
+        for layer in model.modules():  # non-zero offsets, so that alignment actually deforms
+            if isinstance(layer, DeformableConv):
+                layer.offset.weight.normal_(0, 0.01)
+        lr = windows(2, seed=6)
+        output = model(lr)
+        torch.testing.assert_close(output.extras["aligned"][:, 2], lr[:, 2])
+        for frame in range(5):
+            changed = lr.clone()
+            changed[:, frame] = torch.rand_like(changed[:, frame]) * 255
+            assert not torch.allclose(model(changed).hr, output.hr), f"frame {frame} ignored"
+        wide = torch.cat([windows(2, seed=7)[:, :1], lr, windows(2, seed=8)[:, :1]], dim=1)
+        torch.testing.assert_close(model(wide).hr, output.hr)
+        with pytest.raises(ValueError, match="odd"):
+            model(lr[:, :3])
+
+
+def test_tdan_loss_and_faithful_weights(physics3):
+    torch.manual_seed(9)
+    model = smoke("tdan", physics3)
+    faithful = smoke("tdan", physics3, faithful_loss_weights=True)
+    target = targets(physics3, 2)
+    slots = torch.rand(2, 5, SIZE, SIZE) * 255
+    output = MethodOutput(hr=target + torch.randn_like(target), extras={"aligned": slots})
+    mse = torch.mean((output.hr - target) ** 2)
+    align = torch.mean((slots - slots[:, 2:3]) ** 2)
+    nominal, parts = model.loss(output, target)
+    torch.testing.assert_close(nominal, mse + 0.01 * align)
+    torch.testing.assert_close(faithful.loss(output, target)[0], 2 * (mse + 0.01 * align))
+    assert parts["align"] == pytest.approx(align.item(), rel=1e-6)
