@@ -30,7 +30,7 @@ from pipeline.methods.blocks.adversarial import (RRDB, LEAK, UNetDiscriminator, 
                                                  VGGStyleDiscriminator, bce_logits, frozen,
                                                  relativistic_discriminator_loss,
                                                  relativistic_generator_loss)
-from pipeline.methods.blocks.sr_parts import PixelShuffleUpsampler, ResidualBlock, scaled_kaiming_
+from pipeline.methods.blocks.super_resolution import PixelShuffleUpsampler, ResidualBlock, scaled_kaiming_
 from pipeline.methods.registry import register_model
 
 
@@ -127,7 +127,7 @@ class SRGAN(_AdversarialSR):
                          perceptual_weights, perceptual_scale)
         c = self.grid.c
         self.conv_first = nn.Conv2d(1, channels, 3, padding=1)
-        self.trunk = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
+        self.trunk = nn.Sequential(*(ResidualBlock(channels, init_scale=0.1) for _ in range(blocks)))
         self.upsample = PixelShuffleUpsampler(channels, channels, c)
         self.conv_hr = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv_last = nn.Conv2d(channels, 1, 3, padding=1)

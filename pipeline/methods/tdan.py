@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
 from pipeline.methods.blocks.deformable import DeformableConv
-from pipeline.methods.blocks.sr_parts import PixelShuffleUpsampler, ResidualBlock
+from pipeline.methods.blocks.super_resolution import PixelShuffleUpsampler, ResidualBlock
 from pipeline.methods.registry import register_model
 
 
@@ -47,7 +47,7 @@ class TDAN(UnmixingMethod):
                  faithful_loss_weights: bool = False) -> None:
         super().__init__(physics)
         self.extract = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
-                                     *(ResidualBlock(channels) for _ in range(extract_blocks)))
+                                     *(ResidualBlock(channels, init_scale=0.1) for _ in range(extract_blocks)))
         self.aggregate_in = nn.Conv2d(2 * channels, channels, 3, padding=1)
         self.aggregate = nn.ModuleList(DeformableConv(channels, channels, 3, deform_groups) for _ in range(2))
         self.align_guided = DeformableConv(channels, channels, 3, deform_groups, guide_channels=channels)
@@ -55,7 +55,7 @@ class TDAN(UnmixingMethod):
         self.to_frame = nn.Conv2d(channels, 1, 3, padding=1)
         self.reconstruct = nn.Sequential(
             nn.Conv2d(self.window, channels, 3, padding=1), nn.ReLU(),
-            *(ResidualBlock(channels) for _ in range(reconstruct_blocks)),
+            *(ResidualBlock(channels, init_scale=0.1) for _ in range(reconstruct_blocks)),
             PixelShuffleUpsampler(channels, channels, self.grid.c),
             nn.Conv2d(channels, 1, 3, padding=1, bias=False))
         self.align_weight = float(align_weight)

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torchvision.models.vgg import cfgs as vgg_configurations
 
-from pipeline.methods.blocks.sr_parts import scaled_kaiming_
+from pipeline.methods.blocks.super_resolution import scaled_kaiming_
 
 LEAK = 0.2  # LeakyReLU slope of RRDB and both discriminators
 

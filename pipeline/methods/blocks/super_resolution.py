@@ -24,22 +24,39 @@ def same_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.C
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
 
+def scaled_kaiming_(module: nn.Module, scale: float) -> None:
+    """Kaiming-normal (fan-in, ReLU gain) weights times ``scale`` and zero biases for every
+    convolution and linear layer in ``module`` (mmagic's ``default_init_weights``)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            with torch.no_grad():
+                layer.weight.mul_(scale)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def prelu() -> nn.PReLU:
     """One shared negative slope, initialised to 0.2."""
     return nn.PReLU(num_parameters=1, init=PRELU_INIT)
 
 
 class ResidualBlock(nn.Module):
-    """x + res_scale * conv(ReLU(conv(x))), 3x3 convolutions with bias, no batch norm (EDSR).
+    """x + res_scale * conv(ReLU(conv(x))), 3x3 convolutions with bias, no batch norm (EDSR,
+    MSRResNet, TDAN).
 
-    (B, C, H, W) -> (B, C, H, W); 2 (9 C^2 + C) parameters.
+    ``init_scale``: Kaiming-normal weights times this (0.1 lets a deep stack start close to the
+    identity, mmagic's convention); None keeps torch's default. (B, C, H, W) -> (B, C, H, W);
+    2 (9 C^2 + C) parameters.
     """
 
-    def __init__(self, channels: int, res_scale: float = 1.0) -> None:
+    def __init__(self, channels: int, res_scale: float = 1.0, init_scale: float | None = None) -> None:
         super().__init__()
         self.body = nn.Sequential(same_conv(channels, channels), nn.ReLU(),
                                   same_conv(channels, channels))
         self.res_scale = float(res_scale)
+        if init_scale is not None:
+            scaled_kaiming_(self, init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.res_scale * self.body(x)
