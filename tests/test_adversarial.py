@@ -3,43 +3,30 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_class
 from pipeline.methods.blocks.adversarial import (UNetDiscriminator, VGGPerceptualLoss,
                                                  VGGStyleDiscriminator, relativistic_generator_loss)
 from pipeline.methods.blocks.deformable import DeformableConv
-from pipeline.physics import build_phi_closed_form
+
+from physics_helpers import fitted_physics
 
 SIZE, SIGMA = 11, 0.5
 GANS = ("srgan", "esrgan", "bsrgan")
 ALL = (*GANS, "tdan")
 
 
-def make_physics(c: int) -> PhysicsOperator:
-    """Phi at ratio c plus Q fitted by least squares on 500 noise-free sparse maps."""
-    grid = Grid(SIZE, c)
-    phi = build_phi_closed_form(SIZE, c, SIGMA)
-    rng = np.random.default_rng(c)
-    x = np.zeros((500, grid.n_hr))
-    for row in x:
-        row[rng.choice(grid.n_hr, size=3, replace=False)] = rng.uniform(220.0, 250.0, size=3)
-    y = x @ phi.T
-    return PhysicsOperator(phi, np.linalg.lstsq(y, x, rcond=None)[0].T)
-
-
 @pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
 def physics(request) -> PhysicsOperator:
-    return make_physics(request.param)
+    return fitted_physics(request.param, maps=500, seed=request.param)
 
 
 @pytest.fixture(scope="module")
 def physics3() -> PhysicsOperator:
-    return make_physics(3)
+    return fitted_physics(3, maps=500, seed=3)
 
 
 def smoke(name: str, physics: PhysicsOperator, **changes):

@@ -14,30 +14,13 @@ from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model
 from pipeline.physics import build_phi_closed_form
 
+from physics_helpers import fitted_physics, sparse_maps
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 SMALL = {"phases": 2, "channels": 4, "kernel_hidden": 8}
 HR = Grid(SIZE, 3).hr_size  # 33: the c = 3 tests
 GENERATOR = ("kernel_hidden.weight", "kernel_hidden.bias", "kernel_out.weight", "kernel_out.bias")
-
-
-def sparse_maps(grid: Grid, rng: np.random.Generator, count: int) -> np.ndarray:
-    """(count, n) HR maps with 2-4 targets of brightness 220-250 at distinct random cells."""
-    maps = np.zeros((count, grid.n_hr))
-    for row in maps:
-        k = rng.integers(2, 5)
-        row[rng.choice(grid.n_hr, size=k, replace=False)] = rng.uniform(220.0, 250.0, size=k)
-    return maps
-
-
-def build_physics(c: int) -> PhysicsOperator:
-    """Phi for ratio c and Q = X Y^T (Y Y^T)^-1 fitted on 1,000 sparse maps with frames Y rounded
-    as the 8-bit sensor does. (On exact frames Y = Phi X, Phi Q = I: the first gradient step is
-    then a no-op for every input and the first rho never gets a gradient.)"""
-    phi = build_phi_closed_form(SIZE, c, SIGMA)
-    x = sparse_maps(Grid(SIZE, c), np.random.default_rng(c), 1000)
-    y = np.round(x @ phi.T)
-    return PhysicsOperator(phi, np.linalg.solve(y.T @ y, y.T @ x).T)
 
 
 def windows(physics: PhysicsOperator, count: int, seed: int,
@@ -52,7 +35,7 @@ def windows(physics: PhysicsOperator, count: int, seed: int,
 
 @pytest.fixture(scope="module")
 def physics_c3() -> PhysicsOperator:
-    return build_physics(3)
+    return fitted_physics(3, maps=1000, seed=3, rounded=True)
 
 
 @pytest.fixture()
@@ -72,7 +55,7 @@ def gradient_norms(model, lr: torch.Tensor, target: torch.Tensor) -> dict[str, f
 
 @pytest.mark.parametrize("c", [3, 5])
 def test_output_shapes(c):
-    physics = build_physics(c)
+    physics = fitted_physics(c, maps=1000, seed=c, rounded=True)
     grid = physics.grid
     lr, _ = windows(physics, 3, seed=0)
     output = get_model("dista_net", physics, **SMALL)(lr)

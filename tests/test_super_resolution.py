@@ -1,7 +1,6 @@
 """Tests of the super-resolution family: EDSR, RDN, ESPCN, DBPN, GMFN and their shared blocks."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,26 +11,21 @@ from pipeline.methods.blocks.super_resolution import (DownProjection, PixelShuff
                                                       ResidualBlock, ResidualDenseBlock,
                                                       UpProjection, deconv_upsampler,
                                                       projection_kernel, strided_downsampler)
-from pipeline.physics import build_phi_closed_form
+
+from physics_helpers import fitted_physics
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 NAMES = ("edsr", "rdn", "espcn", "dbpn", "gmfn")
 
 
-def make_physics(c: int) -> PhysicsOperator:
-    """Phi at ratio c with its pseudo-inverse as Q_init (these networks never read Q_init)."""
-    phi = build_phi_closed_form(SIZE, c, SIGMA)
-    return PhysicsOperator(phi, np.linalg.pinv(phi))
-
-
 @pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
 def physics(request) -> PhysicsOperator:
-    return make_physics(request.param)
+    return fitted_physics(request.param, maps=500, seed=request.param)
 
 
 @pytest.fixture(scope="module")
 def physics3() -> PhysicsOperator:
-    return make_physics(3)
+    return fitted_physics(3, maps=500, seed=3)
 
 
 def windows(batch: int, seed: int = 0) -> torch.Tensor:
@@ -84,7 +78,7 @@ def test_edsr_img_range_only_rescales_the_biases():
     """ReLU networks are positively homogeneous: scaling the input by 255 and the output by 1/255
     equals the unscaled network with every bias divided by 255."""
     torch.manual_seed(0)
-    physics = make_physics(3)  # a fresh one: .double() converts the physics in place
+    physics = fitted_physics(3, maps=500, seed=3)  # a fresh one: .double() converts the physics in place
     scaled = get_model("edsr", physics, features=8, blocks=2).double()
     plain = get_model("edsr", physics, features=8, blocks=2, img_range=1.0).double()
     plain.load_state_dict(scaled.state_dict())

@@ -8,50 +8,33 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_class, method_info
 from pipeline.methods.bid import convolution_matrix, gaussian_profile
 from pipeline.methods.blocks import soft_threshold
 from pipeline.methods.blocks.thresholds import hard_threshold, lipschitz_constant, support_selection_shrink
-from pipeline.physics import build_phi_closed_form
+
+from physics_helpers import fitted_physics, sparse_maps
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 LEARNED = ["lista", "liht", "lamp", "tilista"]
 
 
-def sparse_maps(rng: np.random.Generator, grid: Grid, count: int) -> np.ndarray:
-    """(count, n) HR maps with 2-4 targets of brightness 220-250 at distinct random cells."""
-    maps = np.zeros((count, grid.n_hr))
-    for row in maps:
-        k = rng.integers(2, 5)
-        row[rng.choice(grid.n_hr, size=k, replace=False)] = rng.uniform(220.0, 250.0, size=k)
-    return maps
-
-
-def build_physics(c: int) -> PhysicsOperator:
-    """Phi at ratio c plus Q fitted (float64) on 2,000 noise-free sparse maps."""
-    phi = build_phi_closed_form(SIZE, c, SIGMA)
-    x = sparse_maps(np.random.default_rng(0), Grid(SIZE, c), 2000)
-    y = x @ phi.T
-    return PhysicsOperator(phi, np.linalg.solve(y.T @ y, y.T @ x).T)
-
-
 def windows(physics: PhysicsOperator, count: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(count, 5, m, m) windows repeating Phi x, and the (count, c m, c m) maps x."""
     grid = physics.grid
-    x = torch.as_tensor(sparse_maps(np.random.default_rng(seed), grid, count), dtype=torch.float32)
+    x = torch.as_tensor(sparse_maps(grid, np.random.default_rng(seed), count), dtype=torch.float32)
     frames = physics.A(x).reshape(count, 1, SIZE, SIZE).repeat(1, WINDOW, 1, 1)
     return frames, x.reshape(count, grid.hr_size, grid.hr_size)
 
 
 @pytest.fixture(scope="module")
 def physics() -> PhysicsOperator:
-    return build_physics(3)
+    return fitted_physics(3)
 
 
 @pytest.fixture(scope="module")
 def physics5() -> PhysicsOperator:
-    return build_physics(5)
+    return fitted_physics(5)
 
 
 def float64_model(name: str, physics: PhysicsOperator, **params) -> torch.nn.Module:

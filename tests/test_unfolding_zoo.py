@@ -9,28 +9,18 @@ from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model
 from pipeline.methods.blocks.unfolding import LeastSquaresData
 from pipeline.methods.fistanet import FISTANetBlock
-from pipeline.physics import build_phi_closed_form, render_batch
+from pipeline.physics import render_batch
 from pipeline.sensor import Sensor
+
+from physics_helpers import fitted_physics
 
 SIZE, SIGMA = 11, 0.5
 NAMES = ["fista_net", "ista_net_pp", "usrnet", "rpcanet"]
 
 
-def make_physics(c: int, sigma: float = SIGMA, sensor: Sensor | None = None) -> PhysicsOperator:
-    """Phi at ratio ``c`` plus Q = X Y^T (Y Y^T)^-1 fitted on 500 noise-free sparse maps."""
-    phi = build_phi_closed_form(SIZE, c, sigma)
-    rng = np.random.default_rng(c)
-    x = np.zeros((500, phi.shape[1]))
-    for row in x:
-        k = rng.integers(2, 5)
-        row[rng.choice(phi.shape[1], size=k, replace=False)] = rng.uniform(220.0, 250.0, size=k)
-    y = x @ phi.T
-    return PhysicsOperator(phi, np.linalg.solve(y.T @ y, y.T @ x).T, sensor)
-
-
 @pytest.fixture(scope="module")
 def physics() -> PhysicsOperator:
-    return make_physics(3)
+    return fitted_physics(3, maps=500, seed=3)
 
 
 def windows(batch: int, seed: int = 0) -> torch.Tensor:
@@ -45,7 +35,7 @@ def count(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("c", [3, 5])
 @pytest.mark.parametrize("name", NAMES)
 def test_default_architecture_shapes(name, c):
-    model = get_model(name, make_physics(c))
+    model = get_model(name, fitted_physics(c, maps=500, seed=c))
     with torch.no_grad():
         output = model(windows(2))
     assert output.hr.shape == (2, c * SIZE, c * SIZE)
@@ -107,7 +97,7 @@ def test_ista_net_pp_condition_is_the_sensor_psf(physics):
 def test_usrnet_degradation_is_the_sensor_psf(c, sigma):
     """USRNet's data term blurs with the sensor's pixel-integrated Gaussian at the grid's ratio:
     a unit target at an HR cell centre degrades to the frame the simulator renders for it."""
-    physics = make_physics(c, sigma, Sensor(psf_sigma=sigma))
+    physics = fitted_physics(c, maps=500, seed=c, sigma=sigma, sensor=Sensor(psf_sigma=sigma))
     grid = Grid(SIZE, c)
     row, col = 4 * c + 1, 6 * c + c - 1  # an off-centre sub-pixel cell
     hr = torch.zeros(1, grid.n_hr, dtype=torch.float64)
