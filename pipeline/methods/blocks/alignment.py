@@ -1,0 +1,157 @@
+"""Temporal pieces of multi-frame methods: frame-index gate, deformable and flow alignment.
+
+Feature maps are (N, C, H, W) batches; multi-frame callers fold their frames into N.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import deform_conv2d
+
+
+def frame_index_encoding(frames: int, width: int, dtype: torch.dtype | None = None,
+                         device: torch.device | None = None) -> torch.Tensor:
+    """(frames, width) encoding whose row t is the constant t / frames (t = 0 .. frames-1)."""
+    if frames < 1 or width < 1:
+        raise ValueError(f"frames and width must be >= 1, got {frames} and {width}")
+    index = torch.arange(frames, dtype=dtype or torch.get_default_dtype(), device=device) / frames
+    return index[:, None].expand(frames, width)
+
+
+class TemporalGate(nn.Module):
+    """gate = sigmoid(Linear_{width->width}(frame_index_encoding)): one multiplicative weight per
+    frame position and feature (SeqCSIST Eq. 16-17), default Linear initialisation.
+
+    ``forward`` multiplies (B, frames, width) features by the (frames, width) gate.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Linear(width, width)
+
+    def gate(self, frames: int) -> torch.Tensor:
+        """(frames, width) gate values in (0, 1)."""
+        weight = self.mlp.weight
+        return torch.sigmoid(self.mlp(frame_index_encoding(frames, weight.shape[1], weight.dtype,
+                                                            weight.device)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, frames, width) -> (B, frames, width) gated features."""
+        return features * self.gate(features.shape[1])
+
+
+def bilinear_sample(features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """features (N, C, H, W) read bilinearly at pixel positions rows, cols (N, H', W') ->
+    (N, C, H', W'); pixel centres at integers, zeros outside the map."""
+    height, width = features.shape[-2:]
+    grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def sampled_deform_conv2d(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """torchvision.ops.deform_conv2d (DCNv1, stride 1, 'same' padding, one offset group, no
+    bias) written as one bilinear grid_sample of every tap followed by a matrix product: the
+    same numbers, about 4x faster than torchvision's CPU kernel for forward plus backward.
+
+    x (N, C_in, H, W); offsets (N, 2 k^2, H, W), interleaved (dy, dx) per tap in pixels;
+    weight (C_out, C_in, k, k) -> (N, C_out, H, W). Taps outside the map read zeros.
+    """
+    batch, channels, height, width = x.shape
+    kernel = weight.shape[-1]
+    taps = kernel * kernel
+    shift = torch.arange(kernel, dtype=x.dtype, device=x.device) - kernel // 2
+    tap_y, tap_x = (grid.reshape(taps, 1, 1) for grid in torch.meshgrid(shift, shift, indexing="ij"))
+    offsets = offsets.reshape(batch, taps, 2, height, width)
+    rows = torch.arange(height, dtype=x.dtype, device=x.device)[:, None] + tap_y + offsets[:, :, 0]
+    cols = torch.arange(width, dtype=x.dtype, device=x.device) + tap_x + offsets[:, :, 1]
+    sampled = bilinear_sample(x, rows.reshape(batch, taps * height, width),
+                              cols.reshape(batch, taps * height, width))
+    columns = sampled.reshape(batch, channels * taps, height * width)
+    return (weight.reshape(weight.shape[0], channels * taps) @ columns).reshape(batch, -1, height, width)
+
+
+class DeformableConv2d(nn.Module):
+    """DCNv1 convolution (stride 1, 'same' padding, one deformable group, no bias) whose offsets
+    come from a zero-initialised convolution of ``offset_source`` (default: the input itself).
+
+    Offsets are (N, 2 k^2, H, W) in torchvision's interleaved (dy, dx) per-tap layout, in pixels.
+    With zero offsets the layer is the plain convolution with ``weight``. Weights are
+    Kaiming-uniform with ReLU gain, bound sqrt(6 / (C_in k^2)) (mmcv 2.x). On the CPU the
+    sampling runs as :func:`sampled_deform_conv2d`, elsewhere as torchvision's kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 offset_channels: int | None = None) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        bound = math.sqrt(6.0 / (in_channels * kernel_size ** 2))
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.offset = nn.Conv2d(offset_channels or in_channels, 2 * kernel_size ** 2, kernel_size,
+                                padding=self.padding)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, x: torch.Tensor, offset_source: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C_in, H, W) sampled at offsets predicted from ``offset_source`` -> (N, C_out, H, W)."""
+        offsets = self.offset(x if offset_source is None else offset_source)
+        if x.device.type == "cpu":
+            return sampled_deform_conv2d(x, offsets, self.weight)
+        return deform_conv2d(x, offsets, self.weight, padding=self.padding)
+
+
+class SelectiveAttention(nn.Module):
+    """Spatial selective attention of a reference against a centre feature map (SeqCSIST Eq. 18).
+
+    a_c = conv1x1(centre), a_r = conv1x1(reference), each to C/2 channels; s = sigmoid(conv3x3 of
+    the channel mean and max of [a_c, a_r]) with 2 channels; output [a_c s_0, a_r s_1], C channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 2 or channels % 2:
+            raise ValueError(f"channels must be even and >= 2, got {channels}")
+        self.reduce_centre = nn.Conv2d(channels, channels // 2, 1)
+        self.reduce_reference = nn.Conv2d(channels, channels // 2, 1)
+        self.squeeze = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, centre: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Two (N, C, H, W) maps -> (N, C, H, W) aggregated map."""
+        a_c, a_r = self.reduce_centre(centre), self.reduce_reference(reference)
+        both = torch.cat([a_c, a_r], dim=1)
+        pooled = torch.cat([both.mean(dim=1, keepdim=True), both.amax(dim=1, keepdim=True)], dim=1)
+        weights = torch.sigmoid(self.squeeze(pooled))
+        return torch.cat([a_c * weights[:, :1], a_r * weights[:, 1:]], dim=1)
+
+
+def warp(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Bilinear backward warp: out(p) = features(p + flow(p)), zeros outside.
+
+    features (N, C, H, W); flow (N, 2, H, W) as (dy, dx) in pixels.
+    """
+    height, width = features.shape[-2:]
+    rows = torch.arange(height, dtype=flow.dtype, device=flow.device)[:, None] + flow[:, 0]
+    cols = torch.arange(width, dtype=flow.dtype, device=flow.device) + flow[:, 1]
+    return bilinear_sample(features, rows, cols)
+
+
+class FlowAlignment(nn.Module):
+    """Optical-flow alignment: a small estimator (conv3x3 2C->C, ReLU, conv3x3 C->2, the last
+    zero-initialised so it starts at zero flow) reads [centre, reference] and the reference is
+    warped by the estimated flow."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.estimator = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), nn.ReLU(),
+                                       nn.Conv2d(channels, 2, 3, padding=1))
+        nn.init.zeros_(self.estimator[-1].weight)
+        nn.init.zeros_(self.estimator[-1].bias)
+
+    def forward(self, centre: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Two (N, C, H, W) maps -> (N, C, H, W) reference warped onto the centre."""
+        return warp(reference, self.estimator(torch.cat([centre, reference], dim=1)))
