@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 
 from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_class
-from pipeline.methods.blocks.alignment import (DeformableConv2d, FlowAlignment, SelectiveAttention,
-                                               TemporalGate, frame_index_encoding,
-                                               sampled_deform_conv2d, warp)
+from pipeline.methods.blocks.alignment import (FlowAlignment, SelectiveAttention, TemporalGate,
+                                               frame_index_encoding, warp)
 from pipeline.methods.derefnet import SHIPPED_WINDOWS_PER_BATCH
 from pipeline.physics import build_phi_closed_form
 
@@ -248,31 +246,6 @@ def test_parameter_count_of_the_default_architecture(physics):
 # ------------------------------------------------------------------------------ blocks
 
 
-def test_deformable_conv_with_zero_offsets_is_a_plain_convolution():
-    torch.manual_seed(7)
-    layer = DeformableConv2d(6, 5, 3, offset_channels=4)
-    x, guide = torch.randn(2, 6, 9, 9), torch.randn(2, 4, 9, 9)
-    assert torch.count_nonzero(layer.offset(guide)) == 0
-    torch.testing.assert_close(layer(x, guide), F.conv2d(x, layer.weight, padding=1), rtol=1e-5, atol=1e-5)
-    own = DeformableConv2d(6, 5, 3)  # offsets read from the input itself
-    torch.testing.assert_close(own(x), F.conv2d(x, own.weight, padding=1), rtol=1e-5, atol=1e-5)
-    bound = (6.0 / (6 * 9)) ** 0.5
-    assert layer.weight.abs().max() <= bound
-
-
-def test_deformable_conv_offsets_shift_the_sampling():
-    """A constant offset of one pixel along x equals convolving the shifted input (away from the
-    left border, where the deformable taps still reach real pixels)."""
-    torch.manual_seed(8)
-    layer = DeformableConv2d(1, 1, 3)
-    with torch.no_grad():
-        layer.offset.bias[1::2] = 1.0  # dx of every tap (interleaved dy, dx)
-    x = torch.randn(1, 1, 7, 7)
-    shifted = torch.cat([x[..., 1:], torch.zeros(1, 1, 7, 1)], dim=-1)
-    torch.testing.assert_close(layer(x)[..., 1:], F.conv2d(shifted, layer.weight, padding=1)[..., 1:],
-                               rtol=1e-5, atol=1e-5)
-
-
 def test_warp_identity_and_integer_shift():
     torch.manual_seed(9)
     x = torch.randn(2, 3, 6, 8)
@@ -305,21 +278,6 @@ def test_frame_index_encoding_and_gate():
     features = torch.ones(2, 5, 4)
     expected = torch.sigmoid(torch.arange(5.0) / 5)[:, None].expand(5, 4)
     torch.testing.assert_close(gate(features), expected.expand(2, 5, 4))
-
-
-def test_sampled_deform_conv_matches_torchvision_values_and_gradients():
-    """The CPU form equals torchvision.ops.deform_conv2d, borders and fractional offsets included."""
-    torch.manual_seed(10)
-    x = torch.randn(3, 4, 7, 9, dtype=torch.float64, requires_grad=True)
-    offsets = (torch.randn(3, 18, 7, 9, dtype=torch.float64) * 1.5).requires_grad_()
-    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    ours = sampled_deform_conv2d(x, offsets, weight)
-    reference = deform_conv2d(x, offsets, weight, padding=1)
-    torch.testing.assert_close(ours, reference)
-    probe = torch.randn_like(ours)
-    for mine, theirs in zip(torch.autograd.grad((ours * probe).sum(), (x, offsets, weight)),
-                            torch.autograd.grad((reference * probe).sum(), (x, offsets, weight))):
-        torch.testing.assert_close(mine, theirs)
 
 
 def test_shared_frames_are_unfolded_once(physics):

@@ -146,3 +146,20 @@ def test_queue_two_experiments_run_them_and_collect(tmp_path):
     assert "2 of 2 rows" in out
     table = (tmp_path / "reports/tables/gains.md").read_text()
     assert "| T | gain 2 | 20.00 (21.00) |" in table and "| T | gain 3 | 30.00 |" in table
+
+
+def test_the_repository_groups_are_valid():
+    """experiments.yaml: every group loads, sets only keys params.yaml has (the method's included)
+    and names published rows that exist in the reference file."""
+    from pipeline.config import read_params
+
+    groups = yaml.safe_load((ROOT / "experiments.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
+    published = pd.read_csv(ROOT / "reference/seqcsist_ablations.csv")
+    known = set(zip(published["table"], published["row"]))
+    for name in groups:
+        group = load_group(ROOT / "experiments.yaml", name)
+        check_keys(group, params)
+        assert group.method in params["methods"]
+        missing = [(row.table, row.row) for row in group.rows if (row.table, row.row) not in known]
+        assert not missing, missing

@@ -16,6 +16,8 @@ from pipeline.runtime import MethodSpec, TrainBudget, method_spec
 from pipeline.training import TrainerConfig, train_method
 from pipeline.physics import build_phi_closed_form
 
+from physics_helpers import fitted_physics, sparse_maps
+
 SIZE, C, SIGMA = 11, 3, 0.5
 GRID = Grid(SIZE, C)
 WINDOW = 5
@@ -24,15 +26,6 @@ WINDOW = 5
 def smoke(name: str, physics: PhysicsOperator) -> UnmixingMethod:
     """A quick instance of a registered method (its declared ``smoke_params``)."""
     return get_model(name, physics, **method_class(name).smoke_params)
-
-
-def sparse_maps(rng: np.random.Generator, count: int) -> np.ndarray:
-    """(count, n) HR maps with 2-4 targets of brightness 220-250 at distinct random cells."""
-    maps = np.zeros((count, GRID.n_hr))
-    for row in maps:
-        k = rng.integers(2, 5)
-        row[rng.choice(GRID.n_hr, size=k, replace=False)] = rng.uniform(220.0, 250.0, size=k)
-    return maps
 
 
 def as_windows(lr_flat: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -47,18 +40,17 @@ def phi() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def physics(phi) -> PhysicsOperator:
-    """Phi plus Q = X Y^T (Y Y^T)^-1 fitted (float64) on 2,000 noise-free sparse maps."""
-    x = sparse_maps(np.random.default_rng(0), 2000)  # (N, n) rows
-    y = x @ phi.T
-    qinit = np.linalg.solve(y.T @ y, y.T @ x).T  # (n, m^2)
-    return PhysicsOperator(phi, qinit)
+def physics() -> PhysicsOperator:
+    """Phi plus Q = X Y^T (Y Y^T)^-1 fitted on 2,000 sparse maps and their 8-bit-rounded frames,
+    as the pipeline fits it on recorded frames (on exact frames Phi Q = I and the first
+    unfolding step of a Q_init start is a no-op that never receives a gradient)."""
+    return fitted_physics(C, rounded=True)
 
 
 @pytest.fixture(scope="module")
 def dataset(phi) -> tuple[torch.Tensor, torch.Tensor]:
     """8 windows (8, 5, m, m) rendered as Phi X, and their (8, c m, c m) target maps."""
-    x = sparse_maps(np.random.default_rng(1), 8)
+    x = sparse_maps(GRID, np.random.default_rng(1), 8)
     target = torch.as_tensor(x, dtype=torch.float32).reshape(8, GRID.hr_size, GRID.hr_size)
     return as_windows(x @ phi.T), target
 

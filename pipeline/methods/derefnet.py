@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.methods.blocks.alignment import (DeformableConv2d, FlowAlignment, SelectiveAttention,
-                                               TemporalGate)
-from pipeline.methods.istanet import ISTANetPhase  # not in this stage's DVC deps (only derefnet.py)
+from pipeline.methods.blocks.alignment import FlowAlignment, SelectiveAttention, TemporalGate
+from pipeline.methods.blocks.deformable import DeformableConv
+from pipeline.methods.blocks.super_resolution import ResidualBlock
+from pipeline.methods.blocks.unfolding import ISTANetPhase
 from pipeline.methods.registry import register_model
 
 FEATURE_EXTRACTORS = ("unfolding", "residual")
@@ -23,24 +24,6 @@ def conv_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     nn.init.zeros_(conv.bias)
     return nn.Sequential(conv, nn.ReLU())
-
-
-class ResidualBlock(nn.Module):
-    """x + conv3x3(ReLU(conv3x3(x))), no normalisation (mmagic ResidualBlockNoBN, res_scale 1):
-    convs with bias, Kaiming-normal (fan_in) weights scaled by 0.1, zero bias."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        for conv in (self.conv1, self.conv2):
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            conv.weight.data.mul_(0.1)
-            nn.init.zeros_(conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, C, H, W)."""
-        return x + self.conv2(torch.relu(self.conv1(x)))
 
 
 class UnfoldingFeatures(nn.Module):
@@ -68,7 +51,8 @@ class ResidualFeatures(nn.Module):
 
     def __init__(self, blocks: int, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_relu(1, channels), *(ResidualBlock(channels) for _ in range(blocks)),
+        self.body = nn.Sequential(conv_relu(1, channels),
+                                  *(ResidualBlock(channels, init_scale=0.1) for _ in range(blocks)),
                                   nn.Conv2d(channels, 1, 3, padding=1))
 
     def forward(self, x0: torch.Tensor, physics: PhysicsOperator, y: torch.Tensor
@@ -99,8 +83,8 @@ class TemporalAlignment(nn.Module):
             if mode == "dynamic_deformable":
                 self.attention = SelectiveAttention(channels)
             guide_channels = channels if mode == "dynamic_deformable" else 2 * channels
-            self.sample = DeformableConv2d(channels, channels, 3, offset_channels=guide_channels)
-            self.refine = DeformableConv2d(channels, channels, 3)
+            self.sample = DeformableConv(channels, channels, 3, guide_channels=guide_channels)
+            self.refine = DeformableConv(channels, channels, 3)
         self.project = nn.Conv2d(channels, 1, 3, padding=1)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
@@ -194,7 +178,7 @@ class DeRefNet(UnmixingMethod):
         self.time_gate = TemporalGate(self.grid.n_hr) if time_encoder else None
         self.alignment = None if alignment == "none" else TemporalAlignment(channels, alignment)
         self.tail = nn.Sequential(conv_relu(self.window, channels),
-                                  *(ResidualBlock(channels) for _ in range(tail_blocks)),
+                                  *(ResidualBlock(channels, init_scale=0.1) for _ in range(tail_blocks)),
                                   nn.Conv2d(channels, 1, 3, padding=1, bias=False))
 
     def window_frames(self, lr: torch.Tensor) -> torch.Tensor:

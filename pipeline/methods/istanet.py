@@ -10,80 +10,8 @@ import torch
 from torch import nn
 
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.methods.blocks import bias_free_conv, soft_threshold
+from pipeline.methods.blocks.unfolding import ISTANetPhase, ISTANetPlusPhase, PhaseBase
 from pipeline.methods.registry import register_model
-
-
-class _Phase(nn.Module):
-    """Learned step rho and threshold theta plus the gradient step every phase starts with."""
-
-    def __init__(self, step_init: float, threshold_init: float) -> None:
-        super().__init__()
-        self.step = nn.Parameter(torch.tensor(float(step_init)))
-        self.threshold = nn.Parameter(torch.tensor(float(threshold_init)))
-
-    def gradient_step(self, x: torch.Tensor, gram: torch.Tensor, adjoint_y: torch.Tensor,
-                      side: int) -> torch.Tensor:
-        """r = x - rho x Phi^T Phi + rho y Phi, from (B, n) rows to (B, 1, side, side) maps."""
-        r = x - self.step * (x @ gram) + self.step * adjoint_y
-        return r.reshape(x.shape[0], 1, side, side)
-
-    def backward_transform(self, features: torch.Tensor) -> torch.Tensor:
-        """F~ = backward_out(ReLU(backward_in(features))), with the subclass's two convs."""
-        return self.backward_out(torch.relu(self.backward_in(features)))
-
-
-class ISTANetPhase(_Phase):
-    """One ISTA-Net phase (§2), non-residual: x = F~(soft(F(r), theta)); sym = F~(F(r)) - r.
-
-    F = conv 1->C, ReLU, conv C->C; F~ = conv C->C, ReLU, conv C->1 (bias-free, Xavier-normal).
-    19,010 parameters for C = 32 and 3x3 kernels.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, step_init: float,
-                 threshold_init: float) -> None:
-        super().__init__(step_init, threshold_init)
-        self.forward_in = bias_free_conv(1, channels, kernel_size)
-        self.forward_out = bias_free_conv(channels, channels, kernel_size)
-        self.backward_in = bias_free_conv(channels, channels, kernel_size)
-        self.backward_out = bias_free_conv(channels, 1, kernel_size)
-
-    def forward(self, x: torch.Tensor, gram: torch.Tensor, adjoint_y: torch.Tensor, side: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) estimate -> ((B, n) new estimate, (B, 1, side, side) symmetry residual)."""
-        r = self.gradient_step(x, gram, adjoint_y, side)
-        features = self.forward_out(torch.relu(self.forward_in(r)))
-        x_new = self.backward_transform(soft_threshold(features, self.threshold))
-        sym = self.backward_transform(features) - r
-        return x_new.reshape(x.shape), sym
-
-
-class ISTANetPlusPhase(_Phase):
-    """One ISTA-Net+ phase (§5.2), residual: x = r + G(F~(soft(F(D(r)), theta))).
-
-    D = conv 1->C; F = conv C->C, ReLU, conv C->C; F~ likewise; G = conv C->1; all bias-free,
-    Xavier-normal. sym = F~(F(D(r))) - D(r). 37,442 parameters for C = 32 and 3x3 kernels.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, step_init: float,
-                 threshold_init: float) -> None:
-        super().__init__(step_init, threshold_init)
-        self.conv_d = bias_free_conv(1, channels, kernel_size)
-        self.forward_in = bias_free_conv(channels, channels, kernel_size)
-        self.forward_out = bias_free_conv(channels, channels, kernel_size)
-        self.backward_in = bias_free_conv(channels, channels, kernel_size)
-        self.backward_out = bias_free_conv(channels, channels, kernel_size)
-        self.conv_g = bias_free_conv(channels, 1, kernel_size)
-
-    def forward(self, x: torch.Tensor, gram: torch.Tensor, adjoint_y: torch.Tensor, side: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) estimate -> ((B, n) new estimate, (B, C, side, side) symmetry residual)."""
-        r = self.gradient_step(x, gram, adjoint_y, side)
-        x_d = self.conv_d(r)
-        features = self.forward_out(torch.relu(self.forward_in(x_d)))
-        x_g = self.conv_g(self.backward_transform(soft_threshold(features, self.threshold)))
-        sym = self.backward_transform(features) - x_d
-        return (r + x_g).reshape(x.shape), sym
 
 
 class _UnfoldedISTA(UnmixingMethod):
@@ -94,7 +22,7 @@ class _UnfoldedISTA(UnmixingMethod):
     B1): 2 MSE + (1 + sym_weight) * sum_k mean(sym_k^2), i.e. 2 MSE + 1.01 sum at the default.
     """
 
-    phase_type: type[_Phase]
+    phase_type: type[PhaseBase]
 
     def __init__(self, physics: PhysicsOperator, phases: int, channels: int, kernel_size: int,
                  step_init: float, threshold_init: float, sym_weight: float,

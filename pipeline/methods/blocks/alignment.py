@@ -1,15 +1,13 @@
-"""Temporal pieces of multi-frame methods: frame-index gate, deformable and flow alignment.
+"""Temporal pieces of multi-frame methods: frame-index gate, selective attention and flow alignment
+(the deformable convolution is blocks/deformable.py).
 
 Feature maps are (N, C, H, W) batches; multi-frame callers fold their frames into N.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 
 
 def frame_index_encoding(frames: int, width: int, dtype: torch.dtype | None = None,
@@ -49,60 +47,6 @@ def bilinear_sample(features: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
     height, width = features.shape[-2:]
     grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def sampled_deform_conv2d(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """torchvision.ops.deform_conv2d (DCNv1, stride 1, 'same' padding, one offset group, no
-    bias) written as one bilinear grid_sample of every tap followed by a matrix product: the
-    same numbers, about 4x faster than torchvision's CPU kernel for forward plus backward.
-
-    x (N, C_in, H, W); offsets (N, 2 k^2, H, W), interleaved (dy, dx) per tap in pixels;
-    weight (C_out, C_in, k, k) -> (N, C_out, H, W). Taps outside the map read zeros.
-    """
-    batch, channels, height, width = x.shape
-    kernel = weight.shape[-1]
-    taps = kernel * kernel
-    shift = torch.arange(kernel, dtype=x.dtype, device=x.device) - kernel // 2
-    tap_y, tap_x = (grid.reshape(taps, 1, 1) for grid in torch.meshgrid(shift, shift, indexing="ij"))
-    offsets = offsets.reshape(batch, taps, 2, height, width)
-    rows = torch.arange(height, dtype=x.dtype, device=x.device)[:, None] + tap_y + offsets[:, :, 0]
-    cols = torch.arange(width, dtype=x.dtype, device=x.device) + tap_x + offsets[:, :, 1]
-    sampled = bilinear_sample(x, rows.reshape(batch, taps * height, width),
-                              cols.reshape(batch, taps * height, width))
-    columns = sampled.reshape(batch, channels * taps, height * width)
-    return (weight.reshape(weight.shape[0], channels * taps) @ columns).reshape(batch, -1, height, width)
-
-
-class DeformableConv2d(nn.Module):
-    """DCNv1 convolution (stride 1, 'same' padding, one deformable group, no bias) whose offsets
-    come from a zero-initialised convolution of ``offset_source`` (default: the input itself).
-
-    Offsets are (N, 2 k^2, H, W) in torchvision's interleaved (dy, dx) per-tap layout, in pixels.
-    With zero offsets the layer is the plain convolution with ``weight``. Weights are
-    Kaiming-uniform with ReLU gain, bound sqrt(6 / (C_in k^2)) (mmcv 2.x). On the CPU the
-    sampling runs as :func:`sampled_deform_conv2d`, elsewhere as torchvision's kernel.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 offset_channels: int | None = None) -> None:
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
-        self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        bound = math.sqrt(6.0 / (in_channels * kernel_size ** 2))
-        nn.init.uniform_(self.weight, -bound, bound)
-        self.offset = nn.Conv2d(offset_channels or in_channels, 2 * kernel_size ** 2, kernel_size,
-                                padding=self.padding)
-        nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
-
-    def forward(self, x: torch.Tensor, offset_source: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, C_in, H, W) sampled at offsets predicted from ``offset_source`` -> (N, C_out, H, W)."""
-        offsets = self.offset(x if offset_source is None else offset_source)
-        if x.device.type == "cpu":
-            return sampled_deform_conv2d(x, offsets, self.weight)
-        return deform_conv2d(x, offsets, self.weight, padding=self.padding)
 
 
 class SelectiveAttention(nn.Module):
