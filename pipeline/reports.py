@@ -49,6 +49,18 @@ def noise_sweep_markdown(sweeps: Mapping[str, dict], labels: Mapping[str, str], 
     return "\n".join(lines) + "\n"
 
 
+def perceptual_note(weights: Mapping[str, str | None]) -> str | None:
+    """Table note on the VGG19 of the perceptual losses: ``weights`` maps a method's display name
+    to its ``perceptual_weights`` file (None = the network as initialised); None when empty."""
+    if not weights:
+        return None
+    described = "; ".join(f"{name}: {'VGG19 as initialised (no pretrained weights)' if path is None else path}"
+                          for name, path in weights.items())
+    return (f"Perceptual losses: {described}. Pretrained weights are set with methods.<id>.model.perceptual_weights "
+            "(a torchvision VGG19 state_dict); Params count the generator only (the published figures add the "
+            "discriminator and the VGG19).")
+
+
 def _si(value: float, unit: str = "") -> str:
     """1234567 -> '1.23M' (K, M, G, T)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -5,6 +5,7 @@ Params: methods and physfit_proposals (what was scored, with budgets), profile, 
 evaluate.window, report, noise_sweep, sensor.
 """
 import argparse
+from inspect import signature
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ from pipeline.coords import Grid
 from pipeline.data import load_split, make_windows
 from pipeline.evaluation import unpack_detections
 from pipeline.io import DataFileError, atomic_path, load_array, load_arrays, read_json
-from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_sweep_markdown, profile_label,
-                              profile_name, to_latex, to_markdown)
+from pipeline.methods import method_class
+from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_sweep_markdown, perceptual_note,
+                              profile_label, profile_name, to_latex, to_markdown)
 from pipeline.runtime import check_proposals, evaluated_ids, method_label, method_spec
 from pipeline.sensor import Sensor
 
@@ -45,6 +47,10 @@ def main(args: argparse.Namespace) -> None:
              "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
              "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
              "of any HR-map method."]
+    perceptual = perceptual_note({labels[s.id][1]: s.model.get("perceptual_weights") for s in specs
+                                  if s.id in labels and "perceptual_weights" in signature(method_class(s.name)).parameters})
+    if perceptual:
+        notes.append(perceptual)
     out = Path(args.tables)
     with atomic_path(out / "table7.md") as tmp:
         tmp.write_text(to_markdown(table, title, notes))

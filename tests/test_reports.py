@@ -62,3 +62,11 @@ def test_pr_curve_table_resamples_the_envelope():
     table = pr_curve_table(curves, 5)
     assert list(table["recall"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert table["precision"].tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.0, 0.0])
+
+
+def test_perceptual_note_says_which_weights():
+    from pipeline.reports import perceptual_note
+
+    assert perceptual_note({}) is None
+    note = perceptual_note({"SRGAN": None, "ESRGAN": "vgg19.pth"})
+    assert "SRGAN: VGG19 as initialised" in note and "ESRGAN: vgg19.pth" in note
