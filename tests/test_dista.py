@@ -176,3 +176,31 @@ def test_inference_skips_the_symmetry_pass(physics):
     assert "sym" not in inferred.extras and len(trained.extras["sym"]) == 2
     with pytest.raises(ValueError, match="autograd"):
         model.loss(inferred, target)
+
+
+def test_default_threshold_is_a_nonnegative_scale_free_fraction():
+    """theta = |f| sigmoid(attn) lies in [0, |f|] (so the shrink never amplifies), while the
+    shipped theta = f attn grows with f^2 and can be negative (B10)."""
+    from pipeline.methods.dista import SelectiveThreshold
+
+    torch.manual_seed(12)
+    fixed, shipped = SelectiveThreshold(8), SelectiveThreshold(8, faithful=True)
+    shipped.load_state_dict(fixed.state_dict())
+    features = torch.randn(2, 8, 9, 9) * 100
+    theta = fixed(features)
+    assert torch.all(theta >= 0) and torch.all(theta <= features.abs() + 1e-4)
+    raw = shipped(features)
+    assert (raw < 0).any()
+    scale = shipped(10 * features).abs().max() / raw.abs().max()
+    assert scale > 50  # ~ 10^2: quadratic in the features
+
+
+def test_large_intensities_stay_finite():
+    """Frames far brighter than the training data (an ill-conditioned Q_init does the same to
+    x_0) keep the default model finite; the shipped threshold overflows."""
+    torch.manual_seed(13)
+    physics = fitted_physics(3, maps=1000, seed=3, rounded=True)
+    lr = torch.rand(2, WINDOW, SIZE, SIZE) * 255 * 3000
+    with torch.no_grad():
+        assert torch.isfinite(get_model("dista_net", physics)(lr).hr).all()
+        assert not torch.isfinite(get_model("dista_net", physics, faithful_threshold=True)(lr).hr).all()

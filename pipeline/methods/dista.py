@@ -17,15 +17,22 @@ from pipeline.methods.registry import register_model
 
 
 class SelectiveThreshold(nn.Module):
-    """Dynamic threshold (§4.2 step 5): theta = f * attn(f), element-wise and data-dependent.
+    """Dynamic threshold (§4.2 step 5), element-wise and data-dependent.
 
     b1 = f, b2 = depthwise conv3x3(f); a_i = conv1x1 C -> C/2 (b_i); s = sigmoid(conv3x3 2 -> 2 of
     the channel mean and max of [a1, a2]); attn = conv1x1 C/2 -> C (a1 s_0 + a2 s_1). Every conv
-    has a bias (PyTorch default init). 6,950 parameters for C = 64. theta may be negative (B10).
+    has a bias (PyTorch default init). 6,950 parameters for C = 64.
+
+    Shipped (``faithful``): theta = f * attn. attn is itself linear in f, so theta grows with f^2
+    and may be negative (B10); at this project's raw intensities (B14) the shrink then amplifies
+    instead of shrinking and the phases overflow float32 (seen on an ill-conditioned Q_init).
+    Default: theta = |f| * sigmoid(attn), a non-negative fraction of each feature that does not
+    depend on the intensity scale.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, faithful: bool = False) -> None:
         super().__init__()
+        self.faithful = bool(faithful)
         if channels < 2 or channels % 2:
             raise ValueError(f"channels must be even and >= 2, got {channels}")
         half = channels // 2
@@ -42,7 +49,10 @@ class SelectiveThreshold(nn.Module):
         both = torch.cat([direct, context], dim=1)
         pooled = torch.cat([both.mean(dim=1, keepdim=True), both.amax(dim=1, keepdim=True)], dim=1)
         weights = torch.sigmoid(self.select(pooled))
-        return features * self.expand(direct * weights[:, :1] + context * weights[:, 1:])
+        attention = self.expand(direct * weights[:, :1] + context * weights[:, 1:])
+        if self.faithful:
+            return features * attention
+        return features.abs() * torch.sigmoid(attention)
 
 
 class DISTPhase(nn.Module):
@@ -52,7 +62,8 @@ class DISTPhase(nn.Module):
     Xavier-normal); d = sigmoid(r * k(x)) with the kernel k(x) = W2 W1 x (Linear n -> hidden ->
     K^2, no activation between, from the phase input x before the gradient step); fused
     f' = w F(r) + (1 - w) d with the constant w = ``fusion_weight``; z = soft(f', theta(f'));
-    x_new = F~(z) = conv C->1(ReLU(conv C->C(z))); sym = F~(f') - r.
+    x_new = F~(z) = conv C->1(ReLU(conv C->C(z))); sym = F~(f') - r. theta: see
+    :class:`SelectiveThreshold`.
 
     Dynamic conv: by default each sample is convolved with its own kernel (one grouped conv with
     the batch folded into the groups) and d (B, 1, H, W) broadcasts over the C channels; gradients
@@ -62,7 +73,8 @@ class DISTPhase(nn.Module):
     """
 
     def __init__(self, n_hr: int, channels: int, kernel_hidden: int, dynamic_kernel_size: int,
-                 fusion_weight: float, step_init: float, faithful_dynamic_conv: bool) -> None:
+                 fusion_weight: float, step_init: float, faithful_dynamic_conv: bool,
+                 faithful_threshold: bool) -> None:
         super().__init__()
         if dynamic_kernel_size < 1 or dynamic_kernel_size % 2 == 0:
             raise ValueError(f"dynamic_kernel_size must be odd and >= 1, got {dynamic_kernel_size}")
@@ -75,7 +87,7 @@ class DISTPhase(nn.Module):
         self.forward_out = bias_free_conv(channels, channels, 3)
         self.kernel_hidden = nn.Linear(n_hr, kernel_hidden)
         self.kernel_out = nn.Linear(kernel_hidden, dynamic_kernel_size ** 2)
-        self.threshold = SelectiveThreshold(channels)
+        self.threshold = SelectiveThreshold(channels, faithful_threshold)
         self.backward_in = bias_free_conv(channels, channels, 3)
         self.backward_out = bias_free_conv(channels, 1, 3)
 
@@ -126,6 +138,7 @@ class DISTANet(UnmixingMethod):
     (5,152,800 at c = 5). With ``faithful_dynamic_conv`` (shipped B2 behaviour, see
     :class:`DISTPhase`) the 1,688,118 parameters of W1/W2 stay at their initial values and
     outputs depend on the other samples of the batch, which must hold 1 or ``channels`` windows.
+    ``faithful_threshold``: the shipped theta = f' * attn (see :class:`SelectiveThreshold`).
     """
 
     family = "deep_unfolding"
@@ -135,7 +148,7 @@ class DISTANet(UnmixingMethod):
     def __init__(self, physics: PhysicsOperator, phases: int = 6, channels: int = 64,
                  kernel_hidden: int = 256, dynamic_kernel_size: int = 3, fusion_weight: float = 0.7,
                  step_init: float = 0.5, sym_weight: float = 0.01,
-                 faithful_dynamic_conv: bool = False) -> None:
+                 faithful_dynamic_conv: bool = False, faithful_threshold: bool = False) -> None:
         super().__init__(physics)
         if phases < 1 or kernel_hidden < 1:
             raise ValueError(f"phases and kernel_hidden must be >= 1, got {phases} and {kernel_hidden}")
@@ -144,7 +157,7 @@ class DISTANet(UnmixingMethod):
         self.sym_weight = float(sym_weight)
         self.phases = nn.ModuleList(
             DISTPhase(self.grid.n_hr, channels, kernel_hidden, dynamic_kernel_size, fusion_weight,
-                      step_init, faithful_dynamic_conv) for _ in range(phases))
+                      step_init, faithful_dynamic_conv, faithful_threshold) for _ in range(phases))
         self.phases.to(memory_format=torch.channels_last)  # CPU (oneDNN) convs run ~1.4x faster
 
     def forward(self, lr: torch.Tensor) -> MethodOutput:
