@@ -12,21 +12,9 @@ from pipeline.methods.blocks.adversarial import (UNetDiscriminator, VGGPerceptua
                                                  VGGStyleDiscriminator, relativistic_generator_loss)
 from pipeline.methods.blocks.deformable import DeformableConv
 
-from physics_helpers import fitted_physics
-
 SIZE, SIGMA = 11, 0.5
 GANS = ("srgan", "esrgan", "bsrgan")
 ALL = (*GANS, "tdan")
-
-
-@pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
-def physics(request) -> PhysicsOperator:
-    return fitted_physics(request.param, maps=500, seed=request.param)
-
-
-@pytest.fixture(scope="module")
-def physics3() -> PhysicsOperator:
-    return fitted_physics(3, maps=500, seed=3)
 
 
 def smoke(name: str, physics: PhysicsOperator, **changes):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.coords import Grid
-from pipeline.methods import PhysicsOperator, get_model, method_class, method_info
+from pipeline.methods import get_model, method_class, method_info
 from pipeline.methods.blocks.super_resolution import (DownProjection, PixelShuffleUpsampler,
                                                       ResidualBlock, ResidualDenseBlock,
                                                       UpProjection, deconv_upsampler,
@@ -16,16 +16,6 @@ from physics_helpers import fitted_physics
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 NAMES = ("edsr", "rdn", "espcn", "dbpn", "gmfn")
-
-
-@pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
-def physics(request) -> PhysicsOperator:
-    return fitted_physics(request.param, maps=500, seed=request.param)
-
-
-@pytest.fixture(scope="module")
-def physics3() -> PhysicsOperator:
-    return fitted_physics(3, maps=500, seed=3)
 
 
 def windows(batch: int, seed: int = 0) -> torch.Tensor:
