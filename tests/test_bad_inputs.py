@@ -310,7 +310,11 @@ def test_non_finite_hr_maps_and_targets_name_the_frame():
 def test_noise_sweep_does_not_simulate_imported_data(tmp_path, dataset, monkeypatch):
     from pipeline.config import load_params
     from pipeline.sensor import Sensor
-    import stages.noise_sweep as noise_sweep
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("noise_sweep_stage", ROOT / "stages" / "noise_sweep.py")
+    noise_sweep = importlib.util.module_from_spec(spec)  # by path: stages/ is not an installed package
+    spec.loader.exec_module(noise_sweep)
 
     frames, targets, split = dataset
     write_frames(frames, tmp_path / "frames.parquet")
