@@ -140,21 +140,25 @@ def check_interval(key: str, value: Any, lower: float | None = None, *, strict: 
 
 
 def _check_keys(name: str, given: Mapping, cls: type) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
+    """Unknown keys and missing required keys (fields without a default) are ConfigErrors."""
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]} is not a known key; allowed keys are {sorted(known)}")
-    missing = sorted(known - set(given))
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    missing = sorted(required - set(given))
     if missing:
         raise ConfigError(f"{name}.{missing[0]} is missing (required keys: {sorted(known)})")
 
 
 def build_config(cls: type, name: str, given: Mapping, checks: Mapping[str, Callable[[str, Any], Any]]):
-    """Check the keys of a section, convert each value with its check, build the dataclass."""
+    """Check the keys of a section, convert each given value with its check, build the dataclass
+    (an optional key left out takes the field's default)."""
     if not isinstance(given, Mapping):
         raise ConfigError(f"section '{name}' must be a mapping, got {given!r}")
     _check_keys(name, given, cls)
-    return cls(**{key: check(f"{name}.{key}", given[key]) for key, check in checks.items()})
+    return cls(**{key: check(f"{name}.{key}", given[key]) for key, check in checks.items() if key in given})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +328,8 @@ def ap_key(threshold: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length,
-    and which test windows are scored (every ``window_stride``-th of each trajectory; 1 = all)."""
+    and which test windows are scored (one in ``window_stride`` of each trajectory, the offset
+    rotating with the trajectory, :func:`pipeline.data.scored_positions`; 1 = all)."""
 
     brightness_threshold: float
     distance_thresholds: tuple[float, ...]
@@ -360,8 +365,8 @@ class ReportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseSweepConfig:
-    """Additive-noise levels (counts), the methods scored at each, the test-window stride (every
-    k-th window of each test trajectory is scored; 1 = all) and the seed of the noise added to
+    """Additive-noise levels (counts), the methods scored at each, the test-window stride (one
+    window in k of each test trajectory is scored, as evaluate.window_stride; 1 = all) and the seed of the noise added to
     imported (not simulated) frames."""
 
     sigmas: tuple[float, ...]

@@ -111,31 +111,39 @@ class Windows:
         return Windows(self.lr[keep], self.hr[keep], self.t[keep], self.f[keep])
 
     def every(self, stride: int) -> "Windows":
-        """Every ``stride``-th window of each trajectory (by middle-frame index)."""
-        return self.subset((self.f - self.f.min()) % stride == 0)
+        """One window in ``stride`` of each trajectory, the first one rotating with the trajectory
+        (see :func:`scored_positions`); the all-windows set thinned to what ``make_windows`` with
+        that stride gives."""
+        return self.subset((self.f - self.f.min() - self.t) % stride == 0)
 
 
-def scored_frames(n_frames: int, window: int, stride: int = 1) -> np.ndarray:
-    """Indices of the middle frames of the windows of a trajectory of ``n_frames`` frames: every
-    ``stride``-th of all full windows, starting with the first."""
+def scored_frames(n_frames: int, window: int) -> np.ndarray:
+    """Indices of the middle frames of every full window of a trajectory of ``n_frames`` frames."""
     half = window // 2
     if n_frames < window:
         raise ConfigError(f"evaluate.window = {window} is invalid: longer than the {n_frames} frames of each trajectory")
-    return np.arange(half, n_frames - half, stride)
+    return np.arange(half, n_frames - half)
 
 
 def scored_positions(data: SplitData, window: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(t, f): trajectory position and frame index of every scored frame, trajectory-major."""
-    frames = scored_frames(data.n_frames, window, stride)
+    """(t, f): trajectory position and middle-frame index of every scored window, trajectory-major.
+
+    ``stride`` k keeps one window in k of each trajectory: those whose position j (0 = the first
+    full window) has j = t mod k. The offset rotates with the trajectory so that every frame
+    position is scored equally often; a fixed offset would score the same frames of every
+    trajectory, where the targets sit at the same sub-pixel phase (the motion is regular).
+    """
+    frames = scored_frames(data.n_frames, window)
     t, f = np.meshgrid(np.arange(len(data.trajectories)), frames, indexing="ij")
-    return t.ravel(), f.ravel()
+    keep = (f - frames[0] - t) % stride == 0
+    return t[keep], f[keep]
 
 
 def make_windows(data: SplitData, grid: Grid, window: int, stride: int = 1) -> Windows:
-    """The windows of ``data`` around every ``stride``-th middle frame (1 = all sliding windows),
-    with the GT maps of their middle frames."""
+    """The windows of ``data`` at the positions of :func:`scored_positions` (``stride`` 1 = all
+    sliding windows), with the GT maps of their middle frames."""
     t, f = scored_positions(data, window, stride)
-    view = np.lib.stride_tricks.sliding_window_view(data.images, window, axis=1)[:, ::stride]  # (T, ., m, m, W)
-    lr = np.ascontiguousarray(np.moveaxis(view, -1, 2).reshape(-1, window, *data.images.shape[2:]))
+    view = np.lib.stride_tricks.sliding_window_view(data.images, window, axis=1)  # (T, P, m, m, W)
+    lr = np.ascontiguousarray(np.moveaxis(view[t, f - window // 2], -1, 1))
     hr = targets_to_hr_maps(data.frame_targets(t, f), grid).astype(np.float32)
     return Windows(lr.astype(np.float32), hr, t, f)

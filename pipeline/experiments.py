@@ -1,7 +1,8 @@
 """Named DVC experiments: queue a group of ``dvc exp run -S ...`` rows and collect their metrics.
 
 A group of ``experiments.yaml`` (an ablation table, a seed sweep) lists rows, each one DVC
-experiment: an ``id``, the paper ``table`` and ``row`` it regenerates, and the params it sets.
+experiment: an ``id``, the paper ``table`` and ``row`` it regenerates, and the params it sets;
+the group's own ``set`` (a budget, say) applies to every row under the row's own.
 
     python -m pipeline.experiments queue ablations     # dvc exp run --queue -n ablations-<id> -S ...
     dvc queue start -j 2                              # run them (dvc queue status to follow)
@@ -49,15 +50,28 @@ class Row:
 @dataclasses.dataclass(frozen=True)
 class Group:
     """A named list of rows scored on one method's metrics; ``targets``: the stages each
-    experiment reproduces (empty = the whole pipeline)."""
+    experiment reproduces (empty = the whole pipeline); ``set``: params every row sets."""
 
     name: str
     method: str
     targets: tuple[str, ...]
     rows: tuple[Row, ...]
+    set: dict = dataclasses.field(default_factory=dict)
 
     def experiment_name(self, row: Row) -> str:
         return f"{self.name}-{row.same_as or row.id}"
+
+    def overrides(self, row: Row) -> dict:
+        """The params the experiment of ``row`` sets: the group's, then the row's own."""
+        source = next(r for r in self.rows if r.id == row.same_as) if row.same_as else row
+        return {**self.set, **source.set}
+
+    def command(self, row: Row) -> list[str]:
+        """``dvc exp run`` arguments that reproduce ``row`` (without --queue and the name)."""
+        command = ["dvc", "exp", "run", *self.targets]
+        for key, value in self.overrides(row).items():
+            command += ["-S", f"{key}={_flow(value)}"]
+        return command
 
 
 def load_group(path: str | Path, name: str) -> Group:
@@ -71,7 +85,8 @@ def load_group(path: str | Path, name: str) -> Group:
         raise ConfigError(f"{path}: no experiment group {name!r} (groups: "
                           f"{', '.join(groups) if isinstance(groups, Mapping) else 'none'})")
     entry = groups[name]
-    require(isinstance(entry, Mapping), name, entry, "a mapping with method, targets and rows")
+    require(isinstance(entry, Mapping) and set(entry) <= {"method", "targets", "set", "rows"}, name, entry,
+            "a mapping with method, targets, rows and optionally set")
     require(isinstance(entry.get("method"), str), f"{name}.method", entry.get("method"), "a method id")
     targets = entry.get("targets") or []
     require(isinstance(targets, list) and all(isinstance(t, str) for t in targets), f"{name}.targets",
@@ -92,17 +107,22 @@ def load_group(path: str | Path, name: str) -> Group:
                 "the id of an earlier row, without a set of its own")
         rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides), same_as))
     require(bool(rows), f"{name}.rows", None, "must list at least one experiment")
-    return Group(name, entry["method"], tuple(targets), tuple(rows))
+    common = entry.get("set") or {}
+    require(isinstance(common, Mapping), f"{name}.set", common, "a mapping of dotted params")
+    return Group(name, entry["method"], tuple(targets), tuple(rows), dict(common))
 
 
 def check_keys(group: Group, params: Mapping) -> None:
-    """Every key a row sets exists in ``params`` (``-S`` cannot add keys): ConfigError naming it."""
-    for index, row in enumerate(group.rows):
-        for key in row.set:
+    """Every key a row or the group sets exists in ``params`` (``-S`` cannot add keys):
+    ConfigError naming it."""
+    where = [(f"{group.name}.set", group.set)] + [(f"{group.name}.rows.{i}.set", row.set)
+                                                  for i, row in enumerate(group.rows)]
+    for name, overrides in where:
+        for key in overrides:
             node: Any = params
             for part in key.split("."):
                 node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
-            require(node is not _MISSING, f"{group.name}.rows.{index}.set", key, "is not a key of params.yaml")
+            require(node is not _MISSING, name, key, "is not a key of params.yaml")
 
 
 def _flow(value: Any) -> str:
@@ -112,15 +132,8 @@ def _flow(value: Any) -> str:
 
 def queue_commands(group: Group) -> list[list[str]]:
     """One ``dvc exp run --queue`` command per row."""
-    commands = []
-    for row in group.rows:
-        if row.same_as:
-            continue
-        command = ["dvc", "exp", "run", "--queue", "-n", group.experiment_name(row), *group.targets]
-        for key, value in row.set.items():
-            command += ["-S", f"{key}={_flow(value)}"]
-        commands.append(command)
-    return commands
+    return [[*group.command(row)[:3], "--queue", "-n", group.experiment_name(row), *group.command(row)[3:]]
+            for row in group.rows if not row.same_as]
 
 
 def finished_experiments(exp_show: Sequence[Mapping]) -> dict[str, dict]:
@@ -153,8 +166,7 @@ def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
         ours = finished.get(group.experiment_name(row), {}).get(metrics_path, {})
         reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
         record = {"table": row.table, "row": row.row, "experiment": group.experiment_name(row),
-                  "command": " ".join(["dvc exp run", *group.targets,
-                                       *[f"-S {k}={_flow(v)}" for k, v in row.set.items()]])}
+                  "command": " ".join(group.command(row))}
         for column in AP_COLUMNS:
             record[column] = ours.get(column)
             record[f"{column}_published"] = None if reference is None else float(reference[column])

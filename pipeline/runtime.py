@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from pipeline.config import (ConfigError, build_config, check_integer, check_number, require)
+from pipeline.config import (ConfigError, build_config, check_choice, check_integer, check_number, require)
 from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
 from pipeline.methods.registry import method_module
 from pipeline.stage_io import load_state
@@ -37,14 +37,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+DRAWS = ("windows", "trajectories")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainBudget:
     """Optimiser and budget of a trainable method (``methods.<id>.train``).
 
     ``epochs`` passes of ``windows_per_epoch`` training windows each, drawn afresh every epoch by
-    a seeded shuffle of all training windows (None = every window once per epoch); Adam with
-    ``lr`` and ``weight_decay`` on batches of ``batch`` windows (the discriminator of an
-    adversarial method uses the same settings).
+    a seeded shuffle (None = every window once per epoch); Adam with ``lr`` and
+    ``weight_decay`` on batches of ``batch`` windows (the discriminator of an adversarial method
+    uses the same settings). ``draw``: ``windows`` shuffles single windows; ``trajectories``
+    shuffles whole trajectories and keeps each one's windows consecutive, so that a batch holds
+    overlapping windows whose shared frames a multi-frame method processes once (the shipped
+    DeRefNet trains on one trajectory per batch).
     """
 
     epochs: int
@@ -52,6 +58,7 @@ class TrainBudget:
     batch: int
     lr: float
     weight_decay: float
+    draw: str = "windows"
 
     @classmethod
     def from_section(cls, given: Mapping, name: str) -> "TrainBudget":
@@ -61,6 +68,7 @@ class TrainBudget:
             "batch": lambda k, v: check_integer(k, v, 1),
             "lr": lambda k, v: check_number(k, v, 0.0, strict=True),
             "weight_decay": lambda k, v: check_number(k, v, 0.0),
+            "draw": lambda k, v: check_choice(k, v, DRAWS),
         })
 
     def steps_per_epoch(self, n_windows: int) -> int:

@@ -94,6 +94,18 @@ def _checked(loss: torch.Tensor, what: str, spec: MethodSpec, epoch: int, step: 
     return loss
 
 
+def epoch_order(train: Windows, draw: str, generator: torch.Generator) -> torch.Tensor:
+    """A seeded permutation of the training windows (N,): of single windows (``draw`` =
+    "windows"), or of whole trajectories, each keeping its windows consecutive in frame order
+    ("trajectories")."""
+    if draw == "windows":
+        return torch.randperm(len(train), generator=generator)
+    trajectories, which = np.unique(train.t, return_inverse=True)
+    rank = torch.empty(len(trajectories), dtype=torch.long)
+    rank[torch.randperm(len(trajectories), generator=generator)] = torch.arange(len(trajectories))
+    return torch.from_numpy(np.lexsort((train.f, rank.numpy()[which])))
+
+
 def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
                  validate: Callable[[UnmixingMethod], float], checkpoint: Path, device: torch.device, *,
                  progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
@@ -133,8 +145,7 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
                   initial=start_epoch, total=budget.epochs, disable=not progress)
     for epoch in epochs:
         model.train()
-        generator = torch.Generator().manual_seed(trainer.seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=generator)[:drawn]
+        order = epoch_order(train, budget.draw, torch.Generator().manual_seed(trainer.seed * 100_003 + epoch))[:drawn]
         losses = []
         for step, start in enumerate(range(0, drawn, budget.batch)):
             if on_step is not None:

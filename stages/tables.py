@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
     title = "Table VII: CSO-mAP on the SeqCSIST test split, ours (published)"
     notes = [f"Profile: **{profile}**. Published numbers (in parentheses) are paper scale.",
              f"Scored on the middle frames of {evaluate.window}-frame test windows "
-             f"({'all' if evaluate.window_stride == 1 else f'every {evaluate.window_stride}th of each trajectory'}: "
+             f"({'all' if evaluate.window_stride == 1 else f'one in {evaluate.window_stride} of each trajectory, the offset rotating over the trajectories'}: "
              f"{results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
              "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters; the published "
              "Params/FLOPs/FPS in parentheses are as printed (FPS on the paper's GPU).",

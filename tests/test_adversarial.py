@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_class
 from pipeline.methods.blocks.adversarial import (UNetDiscriminator, VGGPerceptualLoss,
                                                  VGGStyleDiscriminator, relativistic_generator_loss)
-from pipeline.methods.blocks.deformable import DeformableConv
+from pipeline.methods.blocks.deformable import DeformableConv, sampled_deform_conv2d
 
 SIZE, SIGMA = 11, 0.5
 GANS = ("srgan", "esrgan", "bsrgan")
@@ -227,6 +227,24 @@ def test_deformable_offsets_are_dy_dx_per_tap():
     x = torch.randn(1, 4, 7, 7)
     shifted = F.pad(x, (0, 2, 1, 1))  # zero padding moved from the left edge to the right
     torch.testing.assert_close(conv(x), F.conv2d(shifted, conv.weight))
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_sampled_deformable_conv_matches_torchvision(groups):
+    """The CPU path (grid_sample of every tap) is torchvision's deform_conv2d: values and the
+    gradients of input, offsets and weight, offsets reaching past the borders included."""
+    from torchvision.ops import deform_conv2d
+
+    torch.manual_seed(6)
+    x = torch.randn(3, 8, 9, 9, dtype=torch.float64, requires_grad=True)
+    offsets = (1.5 * torch.randn(3, 2 * groups * 9, 9, 9, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(5, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    ours, reference = sampled_deform_conv2d(x, offsets, weight), deform_conv2d(x, offsets, weight, padding=1)
+    torch.testing.assert_close(ours, reference)
+    probe = torch.randn_like(reference)
+    for mine, theirs in zip(torch.autograd.grad((ours * probe).sum(), (x, offsets, weight)),
+                            torch.autograd.grad((reference * probe).sum(), (x, offsets, weight))):
+        torch.testing.assert_close(mine, theirs)
 
 
 def test_tdan_uses_every_frame_and_outputs_the_middle(physics3):

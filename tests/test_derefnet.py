@@ -56,14 +56,15 @@ def test_default_architecture_output_shapes(c):
     torch.manual_seed(0)
     model = get_model("derefnet", physics)
     lr, _ = windows_and_targets(physics, 2)
-    with torch.no_grad():
-        output = model(lr)
+    output = model(lr)
     side = physics.grid.hr_size
     assert output.hr.shape == (2, side, side) and torch.isfinite(output.hr).all()
     assert output.extras["aligned"].shape == (2, WINDOW - 1, side, side)
     assert output.extras["reference"].shape == (2, side, side)
     assert len(output.extras["sym"]) == 9
     assert all(sym.shape == (2 * WINDOW, 1, side, side) for sym in output.extras["sym"])
+    with torch.no_grad():
+        assert model(lr).extras["sym"] == []  # a training term: skipped at inference
 
 
 def test_class_attributes():

@@ -53,6 +53,19 @@ def test_queue_commands_set_each_row_params(tmp_path):
     assert len(commands) == 2  # the shared baseline row is not queued twice
 
 
+def test_the_group_set_applies_to_every_row_under_the_rows_own(tmp_path):
+    groups = yaml.safe_load(yaml.safe_dump(GROUPS))
+    groups["ablations"]["set"] = {"evaluate.window_stride": 16, "sensor.noise_sigma": 0.5}
+    group = load_group(write_groups(tmp_path, groups), "ablations")
+    first, second = queue_commands(group)
+    assert first[-6:-2] == ["-S", "evaluate.window_stride=16", "-S", "sensor.noise_sigma=0.5"]
+    assert second[-4:] == ["-S", "evaluate.window_stride=16", "-S", "sensor.noise_sigma=2.0"]
+    assert group.command(group.rows[2]) == group.command(group.rows[0])  # same_as: the same run
+    params = {"sensor": {"noise_sigma": 0.0}, "methods": {"derefnet": {"model": {"loss_weights": [1, 0, 0]}}}}
+    with pytest.raises(ConfigError, match="ablations.set = 'evaluate.window_stride'"):
+        check_keys(group, params)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda g: g["ablations"].update(rows=[]), "ablations.rows"),
     (lambda g: g["ablations"]["rows"][1].update(id="i-a"), "must be unique"),

@@ -117,7 +117,8 @@ def test_writes_use_a_fixed_temporary_name_and_clear_stale_ones(tmp_path):
 
 
 def test_strided_windows_are_a_subset_of_all_windows(tmp_path, dataset):
-    """evaluate.window_stride: every k-th window of each trajectory, the same as thinning all."""
+    """evaluate.window_stride: one window in k of each trajectory, the same as thinning all, with
+    an offset that rotates over the trajectories so that no frame position is favoured."""
     from pipeline.coords import Grid
     from pipeline.data import load_split_tables, make_windows
 
@@ -129,3 +130,7 @@ def test_strided_windows_are_a_subset_of_all_windows(tmp_path, dataset):
     for name in ("lr", "hr", "t", "f"):
         np.testing.assert_array_equal(getattr(strided, name), getattr(thinned, name))
     assert len(strided) == len(np.unique(frames["trajectory"])) * 4
+    for trajectory in np.unique(strided.t):
+        positions = strided.f[strided.t == trajectory]
+        assert positions[0] == 2 + trajectory % 4 and np.all(np.diff(positions) == 4)
+    np.testing.assert_array_equal(strided.lr[:, 2], data.images[strided.t, strided.f])

@@ -150,6 +150,17 @@ def test_forward_shape_and_finite(name, physics, dataset):
     assert torch.isfinite(output.hr).all()
 
 
+@pytest.mark.parametrize("name", available_models(trainable=True))
+def test_inference_gives_the_training_forward_map(name, physics, dataset):
+    """Evaluation runs under no_grad, where methods may skip loss-only work (the unfolding
+    nets' symmetry residuals): the HR map must be the one the training forward gives."""
+    lr, _ = dataset
+    model = smoke(name, physics).eval()
+    recorded = model(lr[:3]).hr.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model(lr[:3]).hr, recorded)
+
+
 @pytest.mark.parametrize("name", available_models())
 def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
     lr, _ = dataset

@@ -11,7 +11,7 @@ from pipeline.methods import PhysicsOperator
 from pipeline.physics import build_phi_closed_form, render_batch
 from pipeline.runtime import MethodSpec, TrainBudget, build_method, method_spec
 from pipeline.sensor import Sensor
-from pipeline.training import TrainerConfig, TrainingError, train_method
+from pipeline.training import TrainerConfig, TrainingError, epoch_order, train_method
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,27 @@ def test_windows_per_epoch_limits_the_steps(tiny, tmp_path):
     train_method(_config(epochs=2, windows=20), TRAINER, physics, windows, _validate, tmp_path / "w.pt", CPU,
                  progress=False, on_step=lambda e, s: steps.append((e, s)))
     assert steps == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 20 windows in batches of 16
+
+
+def test_trajectory_draw_keeps_each_trajectorys_windows_together():
+    """draw: trajectories shuffles trajectories, each one's windows consecutive in frame order."""
+    t, f = np.repeat(np.arange(6), 4), np.tile(np.arange(2, 6), 6)
+    windows = Windows(np.zeros((24, 5, 1, 1)), np.zeros((24, 1, 1)), t, f)
+    order = epoch_order(windows, "trajectories", torch.Generator().manual_seed(0)).numpy()
+    assert sorted(order) == list(range(24))
+    blocks = t[order].reshape(6, 4)
+    assert (blocks == blocks[:, :1]).all() and sorted(blocks[:, 0]) == list(range(6))
+    assert (f[order].reshape(6, 4) == np.arange(2, 6)).all()
+    assert list(blocks[:, 0]) != list(range(6))  # shuffled (this seed)
+    again = epoch_order(windows, "trajectories", torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_array_equal(order, again)
+    assert sorted(epoch_order(windows, "windows", torch.Generator().manual_seed(0)).tolist()) == list(range(24))
+
+
+def test_train_draw_is_validated():
+    with pytest.raises(ConfigError, match="methods.x.train.draw"):
+        TrainBudget.from_section({"epochs": 1, "windows_per_epoch": None, "batch": 2, "lr": 1e-3,
+                                  "weight_decay": 0.0, "draw": "frames"}, "methods.x.train")
 
 
 def test_loss_decreases_and_history_is_complete(tiny, tmp_path):

@@ -36,12 +36,14 @@ class UnfoldingFeatures(nn.Module):
 
     def forward(self, x0: torch.Tensor, physics: PhysicsOperator, y: torch.Tensor
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(N, n) Q_init maps and (N, m^2) frames -> ((N, n) features, per-phase symmetry residuals)."""
+        """(N, n) Q_init maps and (N, m^2) frames -> ((N, n) features, per-phase symmetry residuals;
+        none under ``torch.no_grad``, where only the features are needed)."""
         gram, adjoint_y, side = physics.gram(), physics.A_adjoint(y), physics.grid.hr_size
         x, symmetry = x0, []
         for phase in self.phases:
             x, sym = phase(x, gram, adjoint_y, side)
-            symmetry.append(sym)
+            if sym is not None:
+                symmetry.append(sym)
         return x, symmetry
 
 

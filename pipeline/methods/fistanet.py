@@ -66,13 +66,14 @@ class FISTANetBlock(nn.Module):
 
     def forward(self, r: torch.Tensor, threshold: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 1, H, W) gradient step -> (new estimate (B, 1, H, W), sym (B, C, H, W),
-        thresholded features x_st (B, C, H, W))."""
+        """(B, 1, H, W) gradient step -> (new estimate (B, 1, H, W), sym (B, C, H, W) or None
+        when gradients are not recorded (it only enters the loss), thresholded features x_st
+        (B, C, H, W))."""
         x_d = self.conv_d(r)
         features = self.forward_out(torch.relu(self.forward_in(x_d)))
         sparse = soft_threshold(features, threshold)
         x_new = torch.relu(r + self.conv_g(self.backward_transform(sparse)))
-        sym = self.backward_transform(features) - x_d
+        sym = self.backward_transform(features) - x_d if torch.is_grad_enabled() else None
         return x_new, sym, sparse
 
 
@@ -120,7 +121,8 @@ class FISTANet(UnmixingMethod):
 
     def forward(self, lr: torch.Tensor) -> MethodOutput:
         """(B, W, m, m) raw LR windows -> hr (B, c m, c m); extras "sym" and "sparse": per-phase
-        (B, C, c m, c m) symmetry residuals and thresholded features."""
+        (B, C, c m, c m) symmetry residuals (only when gradients are recorded) and thresholded
+        features."""
         y = self.middle_frame(lr)
         data = LeastSquaresData(self.physics, y)
         x_old = self.physics.initial(y)
@@ -136,7 +138,8 @@ class FISTANet(UnmixingMethod):
             x_old = x_new
             symmetry.append(sym)
             sparse.append(x_st)
-        return MethodOutput(hr=self.to_map(x_old), extras={"sym": symmetry, "sparse": sparse})
+        extras = {"sym": symmetry, "sparse": sparse} if symmetry[0] is not None else {"sparse": sparse}
+        return MethodOutput(hr=self.to_map(x_old), extras=extras)
 
     def loss(self, output: MethodOutput, target_hr: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -36,7 +36,8 @@ class _UnfoldedISTA(UnmixingMethod):
             self.phase_type(channels, kernel_size, step_init, threshold_init) for _ in range(phases))
 
     def forward(self, lr: torch.Tensor) -> MethodOutput:
-        """(B, W, m, m) raw LR windows -> hr (B, c m, c m); extras["sym"]: per-phase residuals."""
+        """(B, W, m, m) raw LR windows -> hr (B, c m, c m); extras["sym"]: per-phase residuals
+        (only when gradients are recorded, the loss's case)."""
         y = self.middle_frame(lr)
         x = self.physics.initial(y)
         gram = self.physics.gram()
@@ -46,7 +47,7 @@ class _UnfoldedISTA(UnmixingMethod):
         for phase in self.phases:
             x, sym = phase(x, gram, adjoint_y, side)
             symmetry.append(sym)
-        return MethodOutput(hr=self.to_map(x), extras={"sym": symmetry})
+        return MethodOutput(hr=self.to_map(x), extras={"sym": symmetry} if symmetry[0] is not None else {})
 
     def loss(self, output: MethodOutput, target_hr: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
