@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from pipeline.config import ConfigError, read_params, require
+from pipeline.config import ConfigError, read_params, require, resolve_profile
 from pipeline.io import atomic_path
 
 AP_COLUMNS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
@@ -166,7 +167,7 @@ def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
         ours = finished.get(group.experiment_name(row), {}).get(metrics_path, {})
         reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
         record = {"table": row.table, "row": row.row, "experiment": group.experiment_name(row),
-                  "command": " ".join(group.command(row))}
+                  "command": shlex.join(group.command(row))}
         for column in AP_COLUMNS:
             record[column] = ours.get(column)
             record[f"{column}_published"] = None if reference is None else float(reference[column])
@@ -187,6 +188,33 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
                  f"`{row['command']}`"]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def with_overrides(params: Mapping, overrides: Mapping[str, Any]) -> dict:
+    """A copy of ``params`` with dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
+    result = json.loads(json.dumps(params))
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = result
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return result
+
+
+def budget_note(group: Group, params: Mapping) -> str:
+    """The training budget and test windows every row of ``group`` runs with (the group's set
+    applied to params.yaml, the active profile resolved); rows may change more."""
+    resolved = resolve_profile(with_overrides(params, group.set))
+    train = (resolved.get("methods", {}).get(group.method) or {}).get("train")
+    stride = resolved.get("evaluate", {}).get("window_stride")
+    parts = [f"Profile **{resolved.get('profile', 'laptop')}**"]
+    if train:
+        parts.append(f"{group.method} trained {train['epochs']} epoch(s) x {train['windows_per_epoch'] or 'all'} "
+                     f"windows, batch {train['batch']}, draw {train.get('draw', 'windows')}, Adam lr {train['lr']:g}")
+    if stride:
+        parts.append(f"one test window in {stride} of each trajectory scored" if stride > 1 else "every test window scored")
+    return "; ".join(parts) + "."
 
 
 def _metrics_dir(dvc_yaml: Path) -> str:
@@ -210,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         group = load_group(args.file, args.group)
-        check_keys(group, read_params(Path("params.yaml")))
+        params = read_params(Path("params.yaml"))
+        check_keys(group, params)
         if args.action == "commands":
             print("\n".join(" ".join(command) for command in queue_commands(group)))
         elif args.action == "queue":
@@ -223,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = collect(group, finished_experiments(json.loads(shown.stdout)), published, metrics_path)
             out = args.out or Path("reports/tables") / f"{group.name}.md"
             done = int(table["cso_map"].notna().sum())
-            notes = [f"{done} of {len(table)} experiments finished; metrics of `{metrics_path}`; published "
+            notes = [budget_note(group, params),
+                     f"{done} of {len(table)} experiments finished; metrics of `{metrics_path}`; published "
                      "numbers in parentheses (paper scale). Regenerate with "
                      f"`python -m pipeline.experiments collect {group.name}`."]
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.experiments import (check_keys, collect, finished_experiments, load_group, queue_commands,
+from pipeline.experiments import (budget_note, check_keys, collect, finished_experiments, load_group, queue_commands,
                                   to_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,20 @@ def test_the_group_set_applies_to_every_row_under_the_rows_own(tmp_path):
     params = {"sensor": {"noise_sigma": 0.0}, "methods": {"derefnet": {"model": {"loss_weights": [1, 0, 0]}}}}
     with pytest.raises(ConfigError, match="ablations.set = 'evaluate.window_stride'"):
         check_keys(group, params)
+
+
+def test_budget_note_states_the_training_budget_and_test_windows_after_the_group_set(tmp_path):
+    groups = yaml.safe_load(yaml.safe_dump(GROUPS))
+    groups["ablations"]["set"] = {"evaluate.window_stride": {"laptop": 16, "paper": 1}}
+    group = load_group(write_groups(tmp_path, groups), "ablations")
+    params = {"profile": "laptop", "evaluate": {"window_stride": {"laptop": 8, "paper": 1}},
+              "methods": {"derefnet": {"train": {"epochs": {"laptop": 1, "paper": 100}, "batch": 16, "lr": 1e-3,
+                                                 "windows_per_epoch": {"laptop": 2048, "paper": None}}}}}
+    note = budget_note(group, params)
+    assert "1 epoch(s) x 2048 windows, batch 16, draw windows" in note and "one test window in 16" in note
+    paper = budget_note(group, {**params, "profile": "paper"})
+    assert "100 epoch(s) x all windows" in paper and "every test window scored" in paper
+    assert params["evaluate"]["window_stride"] == {"laptop": 8, "paper": 1}  # params are not changed
 
 
 @pytest.mark.parametrize("damage, message", [
