@@ -8,8 +8,10 @@ the group's own ``set`` (a budget, say) applies to every row under the row's own
     dvc queue start -j 2                              # run them (dvc queue status to follow)
     python -m pipeline.experiments collect ablations  # -> reports/tables/ablations.md
 
-The collector reads ``dvc exp show --json`` (every experiment of the current commit), keeps the
-latest experiment named ``<group>-<id>`` for each row and writes the group's metric file of each
+The collector reads ``dvc exp show --json --all-commits`` (experiments of every baseline commit,
+so a queue started before a later commit still counts), keeps the newest finished experiment
+named ``<group>-<id>`` for each row (finished = listed by ``dvc exp list``; queued and running
+ones show their baseline's metrics and are skipped) and writes the group's metric file of each
 (``reports/metrics/<method>.json``) beside the published row. Rows not run yet show '—'.
 """
 from __future__ import annotations
@@ -137,15 +139,16 @@ def queue_commands(group: Group) -> list[list[str]]:
             for row in group.rows if not row.same_as]
 
 
-def finished_experiments(exp_show: Sequence[Mapping]) -> dict[str, dict]:
+def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = None) -> dict[str, dict]:
     """Experiment name -> its metrics (file path -> metrics dict), from ``dvc exp show --json``;
-    the newest of experiments sharing a name wins. Failed or queued ones are skipped."""
+    the newest of experiments sharing a name wins. Failed ones are skipped, and, when ``done``
+    (the names ``dvc exp list`` gives) is given, every name not in it."""
     found: dict[str, tuple[str, dict]] = {}
     for baseline in exp_show:
         for experiment in baseline.get("experiments") or []:
             for revision in experiment.get("revs") or []:
                 data, name = revision.get("data") or {}, revision.get("name")
-                if not name or revision.get("error") or not data.get("metrics"):
+                if not name or revision.get("error") or not data.get("metrics") or (done is not None and name not in done):
                     continue
                 stamp = data.get("timestamp") or ""
                 if name not in found or stamp > found[name][0]:
@@ -246,10 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for command in queue_commands(group):
                 subprocess.run(command, check=True)
         else:
-            shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True)
+            shown = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
+                                   capture_output=True, text=True)
+            listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
+                                    capture_output=True, text=True)
+            done = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
             metrics_path = f"{_metrics_dir(Path('dvc.yaml'))}/{group.method}.json"
             published = pd.read_csv(args.reference) if args.reference.is_file() else pd.DataFrame()
-            table = collect(group, finished_experiments(json.loads(shown.stdout)), published, metrics_path)
+            table = collect(group, finished_experiments(json.loads(shown.stdout), done), published, metrics_path)
             out = args.out or Path("reports/tables") / f"{group.name}.md"
             done = int(table["cso_map"].notna().sum())
             notes = [budget_note(group, params),

@@ -118,6 +118,7 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
                       ("ablations-v-2", "2026-01-03T00:00:00", None)])
     finished = finished_experiments(shown)
     assert set(finished) == {"ablations-i-a"}
+    assert finished_experiments(shown, done={"ablations-v-2"}) == {}  # running: its baseline's metrics
     published = pd.DataFrame([{"table": "I", "row": "A", **{k: 51.55 for k in scores}}])
     table = collect(group, finished, published, path)
     assert table.loc[0, "cso_map"] == 50.0 and table.loc[0, "cso_map_published"] == 51.55
