@@ -12,7 +12,10 @@ The collector reads ``dvc exp show --json --all-commits`` (experiments of every 
 so a queue started before a later commit still counts), keeps the newest finished experiment
 named ``<group>-<id>`` for each row (finished = listed by ``dvc exp list``; queued and running
 ones show their baseline's metrics and are skipped) and writes the group's metric file of each
-(``reports/metrics/<method>.json``) beside the published row. Rows not run yet show '—'.
+(``reports/metrics/<method>.json``) beside the published row. Rows not run yet show '—'. The
+collected runs are also kept in ``reports/tables/<group>.json`` (metrics, baseline commit, time):
+experiments live in the local git refs of one machine, so a later collect elsewhere keeps the
+committed rows it cannot see and replaces them only with newer runs.
 """
 from __future__ import annotations
 
@@ -140,10 +143,11 @@ def queue_commands(group: Group) -> list[list[str]]:
 
 
 def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = None) -> dict[str, dict]:
-    """Experiment name -> its metrics (file path -> metrics dict), from ``dvc exp show --json``;
-    the newest of experiments sharing a name wins. Failed ones are skipped, and, when ``done``
-    (the names ``dvc exp list`` gives) is given, every name not in it."""
-    found: dict[str, tuple[str, dict]] = {}
+    """Experiment name -> {"metrics": file path -> metrics dict, "timestamp", "baseline": the
+    commit it ran on}, from ``dvc exp show --json``; the newest of experiments sharing a name
+    wins. Failed ones are skipped, and, when ``done`` (the names ``dvc exp list`` gives) is
+    given, every name not in it."""
+    found: dict[str, dict] = {}
     for baseline in exp_show:
         for experiment in baseline.get("experiments") or []:
             for revision in experiment.get("revs") or []:
@@ -151,26 +155,36 @@ def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = No
                 if not name or revision.get("error") or not data.get("metrics") or (done is not None and name not in done):
                     continue
                 stamp = data.get("timestamp") or ""
-                if name not in found or stamp > found[name][0]:
+                if name not in found or stamp > found[name]["timestamp"]:
                     metrics = {path: (entry or {}).get("data") or {} for path, entry in data["metrics"].items()}
-                    found[name] = (stamp, metrics)
-    return {name: metrics for name, (_, metrics) in found.items()}
+                    found[name] = {"metrics": metrics, "timestamp": stamp, "baseline": str(baseline.get("rev", ""))}
+    return found
+
+
+def merge_runs(kept: Mapping[str, dict], finished: Mapping[str, dict]) -> dict[str, dict]:
+    """The runs of ``kept`` (a committed record) updated with ``finished`` where those are newer."""
+    merged = dict(kept)
+    for name, run in finished.items():
+        if name not in merged or run["timestamp"] >= merged[name].get("timestamp", ""):
+            merged[name] = run
+    return dict(sorted(merged.items()))
 
 
 def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
             metrics_path: str) -> pd.DataFrame:
     """One row per experiment of the group: ours beside the published CSO-mAP and APs.
 
-    ``finished``: from :func:`finished_experiments`; ``published``: rows with ``table``, ``row``
-    and the AP columns; ``metrics_path``: the group method's metrics file.
+    ``finished``: from :func:`finished_experiments` (or :func:`merge_runs`); ``published``: rows
+    with ``table``, ``row`` and the AP columns; ``metrics_path``: the group method's metrics file.
     """
     paper = published.set_index(["table", "row"]) if len(published) else None
     out = []
     for row in group.rows:
-        ours = finished.get(group.experiment_name(row), {}).get(metrics_path, {})
+        run = finished.get(group.experiment_name(row), {})
+        ours = run.get("metrics", {}).get(metrics_path, {})
         reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
         record = {"table": row.table, "row": row.row, "experiment": group.experiment_name(row),
-                  "command": shlex.join(group.command(row))}
+                  "command": shlex.join(group.command(row)), "commit": run.get("baseline", "")[:7]}
         for column in AP_COLUMNS:
             record[column] = ours.get(column)
             record[f"{column}_published"] = None if reference is None else float(reference[column])
@@ -184,11 +198,11 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
         left = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
         return left + ("" if paper is None or pd.isna(paper) else f" ({paper:.2f})")
 
-    header = ["Table", "Row", "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Command"]
+    header = ["Table", "Row", "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Commit", "Command"]
     lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [row["table"], row["row"], *[pair(row[c], row[f"{c}_published"]) for c in AP_COLUMNS],
-                 f"`{row['command']}`"]
+                 row.get("commit") or "—", f"`{row['command']}`"]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -256,14 +270,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
             metrics_path = f"{_metrics_dir(Path('dvc.yaml'))}/{group.method}.json"
             published = pd.read_csv(args.reference) if args.reference.is_file() else pd.DataFrame()
-            table = collect(group, finished_experiments(json.loads(shown.stdout), done), published, metrics_path)
             out = args.out or Path("reports/tables") / f"{group.name}.md"
+            record = out.with_suffix(".json")
+            kept = json.loads(record.read_text()) if record.is_file() else {}
+            runs = merge_runs(kept, finished_experiments(json.loads(shown.stdout), done))
+            table = collect(group, runs, published, metrics_path)
             done = int(table["cso_map"].notna().sum())
             notes = [budget_note(group, params),
                      f"{done} of {len(table)} experiments finished; metrics of `{metrics_path}`; published "
                      "numbers in parentheses (paper scale). Regenerate with "
                      f"`python -m pipeline.experiments collect {group.name}`."]
             out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(record) as tmp:
+                tmp.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
             with atomic_path(out) as tmp:
                 tmp.write_text(to_markdown(table, f"Experiments: {group.name}", notes))
             print(f"{out}: {done} of {len(table)} rows")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.experiments import (budget_note, check_keys, collect, finished_experiments, load_group, queue_commands,
+from pipeline.experiments import (budget_note, check_keys, collect, finished_experiments, load_group, merge_runs,
+                                  queue_commands,
                                   to_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +129,19 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
     assert "| V | noise sigma 2 | — |" in text
     assert table.loc[2, "cso_map"] == 50.0 and table.loc[2, "experiment"] == "ablations-i-a"
     assert "`dvc exp run evaluate@derefnet -S sensor.noise_sigma=2.0`" in text
+    assert "| " + "f" * 7 + " |" in text  # the baseline commit the row ran on
+
+
+def test_committed_runs_are_kept_until_a_newer_run_replaces_them():
+    path = "reports/metrics/derefnet.json"
+    kept = {"ablations-v-2": {"metrics": {path: {"cso_map": 30.0}}, "timestamp": "2026-01-05T00:00:00", "baseline": "a" * 40},
+            "ablations-i-a": {"metrics": {path: {"cso_map": 10.0}}, "timestamp": "2026-01-01T00:00:00", "baseline": "a" * 40}}
+    finished = {"ablations-i-a": {"metrics": {path: {"cso_map": 20.0}}, "timestamp": "2026-01-02T00:00:00", "baseline": "b" * 40},
+                "ablations-v-2": {"metrics": {path: {"cso_map": 5.0}}, "timestamp": "2026-01-03T00:00:00", "baseline": "b" * 40}}
+    merged = merge_runs(kept, finished)
+    assert merged["ablations-i-a"]["metrics"][path]["cso_map"] == 20.0  # newer run
+    assert merged["ablations-v-2"]["metrics"][path]["cso_map"] == 30.0  # the kept one is newer
+    assert merge_runs({}, finished) == dict(sorted(finished.items()))
 
 
 TOY_STAGE = """import json, sys
