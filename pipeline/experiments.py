@@ -136,10 +136,11 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
 
 
-def queue_commands(group: Group) -> list[list[str]]:
-    """One ``dvc exp run --queue`` command per row."""
+def queue_commands(group: Group, skip: Sequence[str] = ()) -> list[list[str]]:
+    """One ``dvc exp run --queue`` command per row, except rows reusing another's run and the
+    experiments named in ``skip``."""
     return [[*group.command(row)[:3], "--queue", "-n", group.experiment_name(row), *group.command(row)[3:]]
-            for row in group.rows if not row.same_as]
+            for row in group.rows if not row.same_as and group.experiment_name(row) not in skip]
 
 
 def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = None) -> dict[str, dict]:
@@ -252,15 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=Path("reference/seqcsist_ablations.csv"),
                         help="published rows (table, row, cso_map, ap05..ap25)")
     parser.add_argument("--out", type=Path, help="markdown table (default reports/tables/<group>.md)")
+    parser.add_argument("--missing", action="store_true",
+                        help="queue only the rows the collected record (<out>.json) does not hold yet")
     args = parser.parse_args(argv)
     try:
         group = load_group(args.file, args.group)
         params = read_params(Path("params.yaml"))
         check_keys(group, params)
         if args.action == "commands":
-            print("\n".join(" ".join(command) for command in queue_commands(group)))
+            print("\n".join(shlex.join(command) for command in queue_commands(group)))
         elif args.action == "queue":
-            for command in queue_commands(group):
+            record = (args.out or Path("reports/tables") / f"{group.name}.md").with_suffix(".json")
+            skip = json.loads(record.read_text()) if args.missing and record.is_file() else {}
+            for command in queue_commands(group, skip=list(skip)):
                 subprocess.run(command, check=True)
         else:
             shown = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,

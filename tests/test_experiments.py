@@ -52,6 +52,7 @@ def test_queue_commands_set_each_row_params(tmp_path):
                            "-S", "methods.derefnet.model.loss_weights=[1, 0.01, 0.01]"]
     assert commands[1][-2:] == ["-S", "sensor.noise_sigma=2.0"]
     assert len(commands) == 2  # the shared baseline row is not queued twice
+    assert queue_commands(group, skip=["ablations-i-a"]) == commands[1:]  # --missing: collected rows skipped
 
 
 def test_the_group_set_applies_to_every_row_under_the_rows_own(tmp_path):
