@@ -20,6 +20,7 @@ committed rows it cannot see and replaces them only with newer runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import re
@@ -72,9 +73,9 @@ class Group:
         source = next(r for r in self.rows if r.id == row.same_as) if row.same_as else row
         return {**self.set, **source.set}
 
-    def command(self, row: Row) -> list[str]:
-        """``dvc exp run`` arguments that reproduce ``row`` (without --queue and the name)."""
-        command = ["dvc", "exp", "run", *self.targets]
+    def command(self, row: Row, queue: bool = False) -> list[str]:
+        """``dvc exp run`` arguments that reproduce ``row``; with ``queue``, as a named queue entry."""
+        command = ["dvc", "exp", "run", *(["--queue", "-n", self.experiment_name(row)] if queue else []), *self.targets]
         for key, value in self.overrides(row).items():
             command += ["-S", f"{key}={_flow(value)}"]
         return command
@@ -139,8 +140,8 @@ def _flow(value: Any) -> str:
 def queue_commands(group: Group, skip: Sequence[str] = ()) -> list[list[str]]:
     """One ``dvc exp run --queue`` command per row, except rows reusing another's run and the
     experiments named in ``skip``."""
-    return [[*group.command(row)[:3], "--queue", "-n", group.experiment_name(row), *group.command(row)[3:]]
-            for row in group.rows if not row.same_as and group.experiment_name(row) not in skip]
+    return [group.command(row, queue=True) for row in group.rows
+            if not row.same_as and group.experiment_name(row) not in skip]
 
 
 def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = None) -> dict[str, dict]:
@@ -210,7 +211,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
 
 def with_overrides(params: Mapping, overrides: Mapping[str, Any]) -> dict:
     """A copy of ``params`` with dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
-    result = json.loads(json.dumps(params))
+    result = copy.deepcopy(dict(params))
     for key, value in overrides.items():
         *parents, last = key.split(".")
         node = result

@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> None:
     for sigma in sweep.sigmas:
         physics = base.with_sensor(sensor.with_noise(sigma))
         test = noisy_test_split(sigma, data, scene, sensor, sweep.seed, args)
-        windows = make_windows(test, physics.grid, evaluate.window).every(sweep.window_stride)
+        windows = make_windows(test, physics.grid, evaluate.window, sweep.window_stride)
         model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device)
         metrics = evaluate_method(model, windows, test.frame_targets(windows.t, windows.f), evaluate, device,
                                   trainer.eval_batch)[0]
