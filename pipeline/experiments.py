@@ -37,6 +37,7 @@ from pipeline.config import ConfigError, read_params, require, resolve_profile
 from pipeline.io import atomic_path
 
 AP_COLUMNS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
+FIGURES = ("budget",)  # a group's optional figure: CSO-mAP against training windows, one line per method
 _ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _MISSING = object()
 
@@ -45,28 +46,37 @@ _MISSING = object()
 class Row:
     """One experiment: ``id`` (its name is ``<group>-<id>``), the published ``table``/``row`` it
     regenerates and the params it sets (dotted key -> value, as ``dvc exp run -S`` takes them);
-    ``same_as``: the id of another row whose experiment it reuses (a baseline shared by tables)."""
+    ``same_as``: the id of another row whose experiment it reuses (a baseline shared by tables);
+    ``method``/``targets``: the row's own method and stages, where a group mixes methods (a
+    learning curve of two networks)."""
 
     id: str
     table: str
     row: str
     set: dict
     same_as: str | None = None
+    method: str | None = None
+    targets: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """A named list of rows scored on one method's metrics; ``targets``: the stages each
-    experiment reproduces (empty = the whole pipeline); ``set``: params every row sets."""
+    """A named list of rows scored on one method's metrics (a row may name its own); ``targets``:
+    the stages each experiment reproduces (empty = the whole pipeline); ``set``: params every row
+    sets; ``figure``: "budget" plots CSO-mAP against each row method's training windows."""
 
     name: str
     method: str
     targets: tuple[str, ...]
     rows: tuple[Row, ...]
     set: dict = dataclasses.field(default_factory=dict)
+    figure: str | None = None
 
     def experiment_name(self, row: Row) -> str:
         return f"{self.name}-{row.same_as or row.id}"
+
+    def method_of(self, row: Row) -> str:
+        return row.method or self.method
 
     def overrides(self, row: Row) -> dict:
         """The params the experiment of ``row`` sets: the group's, then the row's own."""
@@ -75,7 +85,8 @@ class Group:
 
     def command(self, row: Row, queue: bool = False) -> list[str]:
         """``dvc exp run`` arguments that reproduce ``row``; with ``queue``, as a named queue entry."""
-        command = ["dvc", "exp", "run", *(["--queue", "-n", self.experiment_name(row)] if queue else []), *self.targets]
+        targets = self.targets if row.targets is None else row.targets
+        command = ["dvc", "exp", "run", *(["--queue", "-n", self.experiment_name(row)] if queue else []), *targets]
         for key, value in self.overrides(row).items():
             command += ["-S", f"{key}={_flow(value)}"]
         return command
@@ -92,17 +103,18 @@ def load_group(path: str | Path, name: str) -> Group:
         raise ConfigError(f"{path}: no experiment group {name!r} (groups: "
                           f"{', '.join(groups) if isinstance(groups, Mapping) else 'none'})")
     entry = groups[name]
-    require(isinstance(entry, Mapping) and set(entry) <= {"method", "targets", "set", "rows"}, name, entry,
-            "a mapping with method, targets, rows and optionally set")
+    require(isinstance(entry, Mapping) and set(entry) <= {"method", "targets", "set", "rows", "figure"}, name, entry,
+            "a mapping with method, targets, rows and optionally set and figure")
     require(isinstance(entry.get("method"), str), f"{name}.method", entry.get("method"), "a method id")
-    targets = entry.get("targets") or []
-    require(isinstance(targets, list) and all(isinstance(t, str) for t in targets), f"{name}.targets",
-            targets, "a list of stage names")
+    targets = _stage_names(entry.get("targets") or [], f"{name}.targets")
+    require(entry.get("figure") in (None, *FIGURES), f"{name}.figure", entry.get("figure"), f"one of {list(FIGURES)}")
     rows, seen = [], set()
     for index, row in enumerate(entry.get("rows") or []):
         key = f"{name}.rows.{index}"
-        require(isinstance(row, Mapping) and set(row) <= {"id", "table", "row", "set", "same_as"}, key, row,
-                "a mapping with id, table, row and set (or same_as)")
+        require(isinstance(row, Mapping) and set(row) <= {"id", "table", "row", "set", "same_as", "method", "targets"},
+                key, row, "a mapping with id, table, row and set (or same_as), optionally method and targets")
+        require(row.get("method") is None or isinstance(row["method"], str), f"{key}.method", row.get("method"),
+                "a method id")
         require(isinstance(row.get("id"), str) and _ID_PATTERN.fullmatch(row["id"]) is not None,
                 f"{key}.id", row.get("id"), "lower-case letters, digits, '_' and '-'")
         require(row["id"] not in seen, f"{key}.id", row["id"], "must be unique in the group")
@@ -112,11 +124,19 @@ def load_group(path: str | Path, name: str) -> Group:
         same_as = row.get("same_as")
         require(same_as is None or (same_as in seen and not overrides), f"{key}.same_as", same_as,
                 "the id of an earlier row, without a set of its own")
-        rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides), same_as))
+        row_targets = None if row.get("targets") is None else _stage_names(row["targets"], f"{key}.targets")
+        rows.append(Row(row["id"], str(row.get("table", "")), str(row.get("row", row["id"])), dict(overrides), same_as,
+                        row.get("method"), row_targets))
     require(bool(rows), f"{name}.rows", None, "must list at least one experiment")
     common = entry.get("set") or {}
     require(isinstance(common, Mapping), f"{name}.set", common, "a mapping of dotted params")
-    return Group(name, entry["method"], tuple(targets), tuple(rows), dict(common))
+    return Group(name, entry["method"], targets, tuple(rows), dict(common), entry.get("figure"))
+
+
+def _stage_names(targets: Any, key: str) -> tuple[str, ...]:
+    require(isinstance(targets, list) and all(isinstance(t, str) for t in targets), key, targets,
+            "a list of stage names")
+    return tuple(targets)
 
 
 def check_keys(group: Group, params: Mapping) -> None:
@@ -172,41 +192,94 @@ def merge_runs(kept: Mapping[str, dict], finished: Mapping[str, dict]) -> dict[s
     return dict(sorted(merged.items()))
 
 
-def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
-            metrics_path: str) -> pd.DataFrame:
+def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame, metrics_dir: str,
+            params: Mapping | None = None) -> pd.DataFrame:
     """One row per experiment of the group: ours beside the published CSO-mAP and APs.
 
     ``finished``: from :func:`finished_experiments` (or :func:`merge_runs`); ``published``: rows
-    with ``table``, ``row`` and the AP columns; ``metrics_path``: the group method's metrics file.
+    with ``table``, ``row`` and the AP columns; ``metrics_dir``: where each row method's metrics
+    file lives. A metric averaged over several seeds comes with its ``<metric>_std``. With
+    ``params`` (params.yaml), each row's training windows (epochs x windows per epoch, the row's
+    overrides and profile applied) are added.
     """
     paper = published.set_index(["table", "row"]) if len(published) else None
     out = []
     for row in group.rows:
         run = finished.get(group.experiment_name(row), {})
-        ours = run.get("metrics", {}).get(metrics_path, {})
+        method = group.method_of(row)
+        ours = run.get("metrics", {}).get(f"{metrics_dir}/{method}.json", {})
         reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
-        record = {"table": row.table, "row": row.row, "experiment": group.experiment_name(row),
-                  "command": shlex.join(group.command(row)), "commit": run.get("baseline", "")[:7]}
+        record = {"table": row.table, "row": row.row, "method": method, "experiment": group.experiment_name(row),
+                  "command": shlex.join(group.command(row)), "commit": run.get("baseline", "")[:7],
+                  "seeds": len(ours.get("seeds", [])) or (1 if ours else 0)}
+        if params is not None:
+            record["train_windows"] = training_windows(params, {**group.set, **row.set}, method)
         for column in AP_COLUMNS:
             record[column] = ours.get(column)
+            record[f"{column}_std"] = ours.get(f"{column}_std")
             record[f"{column}_published"] = None if reference is None else float(reference[column])
         out.append(record)
     return pd.DataFrame(out)
 
 
-def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
-    """Markdown: ours (published) per AP column, then the command that made the row."""
-    def pair(ours, paper) -> str:
-        left = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
-        return left + ("" if paper is None or pd.isna(paper) else f" ({paper:.2f})")
+def training_windows(params: Mapping, overrides: Mapping[str, Any], method: str) -> int | None:
+    """Windows a method trains on (epochs x windows_per_epoch) with ``overrides`` and the active
+    profile applied; None when untrainable or every window is drawn (the count depends on the data)."""
+    train = (resolve_profile(with_overrides(params, overrides)).get("methods", {}).get(method) or {}).get("train")
+    if not train or train.get("windows_per_epoch") is None:
+        return None
+    return int(train["epochs"]) * int(train["windows_per_epoch"])
 
-    header = ["Table", "Row", "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Commit", "Command"]
+
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+    """Markdown: ours (published) per AP column, mean ± std where several seeds ran, then the
+    commit and command that made the row; the method and training windows when the table has them."""
+    def cell(row, column) -> str:
+        ours, spread, paper = row[column], row.get(f"{column}_std"), row[f"{column}_published"]
+        text = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
+        if spread is not None and not pd.isna(spread) and row.get("seeds", 1) > 1:
+            text += f" ± {spread:.2f}"
+        return text + ("" if paper is None or pd.isna(paper) else f" ({paper:.2f})")
+
+    budget = "train_windows" in table.columns
+    header = ["Table", "Row", *(["Method", "Training windows"] if budget else []),
+              "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Commit", "Command"]
     lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells = [row["table"], row["row"], *[pair(row[c], row[f"{c}_published"]) for c in AP_COLUMNS],
+        windows = row.get("train_windows")
+        extra = [row["method"], "all" if windows is None or pd.isna(windows) else f"{int(windows):,}"] if budget else []
+        cells = [row["table"], row["row"], *extra, *[cell(row, c) for c in AP_COLUMNS],
                  row.get("commit") or "—", f"`{row['command']}`"]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Path) -> None:
+    """CSO-mAP against training windows (log scale), a line per method, each method's published
+    Table VII value dashed: ``table`` from :func:`collect` with ``params``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.0, 4.0))
+    done = table.dropna(subset=["cso_map", "train_windows"])
+    for index, (method, rows) in enumerate(done.groupby("method", sort=False)):
+        rows = rows.sort_values("train_windows")
+        color = f"C{index}"
+        spread = rows["cso_map_std"].fillna(0.0) if "cso_map_std" in rows else 0.0
+        axes.errorbar(rows["train_windows"], rows["cso_map"], yerr=spread, marker="o", color=color, label=method)
+        if method in published:
+            axes.axhline(published[method], color=color, linestyle="--", linewidth=1,
+                         label=f"{method} published (paper scale)")
+    axes.set_xscale("log")
+    axes.set_xlabel("training windows seen (epochs x windows per epoch)")
+    axes.set_ylabel("test CSO-mAP")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    plt.close(figure)
 
 
 def with_overrides(params: Mapping, overrides: Mapping[str, Any]) -> dict:
@@ -225,15 +298,29 @@ def budget_note(group: Group, params: Mapping) -> str:
     """The training budget and test windows every row of ``group`` runs with (the group's set
     applied to params.yaml, the active profile resolved); rows may change more."""
     resolved = resolve_profile(with_overrides(params, group.set))
-    train = (resolved.get("methods", {}).get(group.method) or {}).get("train")
     stride = resolved.get("evaluate", {}).get("window_stride")
     parts = [f"Profile **{resolved.get('profile', 'laptop')}**"]
-    if train:
-        parts.append(f"{group.method} trained {train['epochs']} epoch(s) x {train['windows_per_epoch'] or 'all'} "
-                     f"windows, batch {train['batch']}, draw {train.get('draw', 'windows')}, Adam lr {train['lr']:g}")
+    for method in dict.fromkeys(group.method_of(row) for row in group.rows):
+        train = (resolved.get("methods", {}).get(method) or {}).get("train")
+        if train:
+            parts.append(f"{method} trained {train['epochs']} epoch(s) x {train['windows_per_epoch'] or 'all'} "
+                         f"windows, batch {train['batch']}, draw {train.get('draw', 'windows')}, Adam lr {train['lr']:g}")
+    seeds = resolved.get("trainer", {}).get("seeds")
+    if seeds and len(seeds) > 1:
+        parts.append(f"mean ± std over seeds {seeds}")
     if stride:
         parts.append(f"one test window in {stride} of each trajectory scored" if stride > 1 else "every test window scored")
     return "; ".join(parts) + "."
+
+
+def published_rows(ablations: Path, table7: Path) -> pd.DataFrame:
+    """The published rows a group can cite: the ablation tables (I-VI) and Table VII, whose rows
+    are named by the method's label (table "VII", row "SRCNN"); a missing file gives no rows."""
+    frames = [pd.read_csv(ablations)] if ablations.is_file() else []
+    if table7.is_file():
+        frames.append(pd.read_csv(table7).rename(columns={"method": "row"}).assign(table="VII"))
+    columns = ["table", "row", *AP_COLUMNS]
+    return pd.concat([frame[columns] for frame in frames], ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _metrics_dir(dvc_yaml: Path) -> str:
@@ -252,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("group", help="a group of the experiments file, e.g. ablations")
     parser.add_argument("--file", type=Path, default=Path("experiments.yaml"))
     parser.add_argument("--reference", type=Path, default=Path("reference/seqcsist_ablations.csv"),
-                        help="published rows (table, row, cso_map, ap05..ap25)")
+                        help="published ablation rows (table, row, cso_map, ap05..ap25)")
+    parser.add_argument("--table7", type=Path, default=Path("reference/seqcsist_table7.csv"),
+                        help="published Table VII (rows cited as table VII, row <method label>)")
     parser.add_argument("--out", type=Path, help="markdown table (default reports/tables/<group>.md)")
     parser.add_argument("--missing", action="store_true",
                         help="queue only the rows the collected record (<out>.json) does not hold yet")
@@ -274,16 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
                                     capture_output=True, text=True)
             done = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
-            metrics_path = f"{_metrics_dir(Path('dvc.yaml'))}/{group.method}.json"
-            published = pd.read_csv(args.reference) if args.reference.is_file() else pd.DataFrame()
+            metrics_dir = _metrics_dir(Path("dvc.yaml"))
+            published = published_rows(args.reference, args.table7)
             out = args.out or Path("reports/tables") / f"{group.name}.md"
             record = out.with_suffix(".json")
             kept = json.loads(record.read_text()) if record.is_file() else {}
             runs = merge_runs(kept, finished_experiments(json.loads(shown.stdout), done))
-            table = collect(group, runs, published, metrics_path)
+            table = collect(group, runs, published, metrics_dir, params if group.figure else None)
             done = int(table["cso_map"].notna().sum())
+            files = ", ".join(f"`{metrics_dir}/{method}.json`" for method in dict.fromkeys(table["method"]))
             notes = [budget_note(group, params),
-                     f"{done} of {len(table)} experiments finished; metrics of `{metrics_path}`; published "
+                     f"{done} of {len(table)} experiments finished; metrics of {files}; published "
                      "numbers in parentheses (paper scale). Regenerate with "
                      f"`python -m pipeline.experiments collect {group.name}`."]
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with atomic_path(out) as tmp:
                 tmp.write_text(to_markdown(table, f"Experiments: {group.name}", notes))
             print(f"{out}: {done} of {len(table)} rows")
+            if group.figure == "budget":
+                paper = (pd.read_csv(args.table7).set_index("method_id")["cso_map"].to_dict()
+                         if args.table7.is_file() else {})
+                figure = Path("reports/figures") / f"{group.name}.png"
+                budget_figure(table, paper, figure)
+                print(f"{figure}: CSO-mAP against training windows")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.experiments import (budget_note, check_keys, collect, finished_experiments, load_group, merge_runs,
-                                  queue_commands,
-                                  to_markdown)
+from pipeline.experiments import (budget_figure, budget_note, check_keys, collect, finished_experiments, load_group,
+                                  merge_runs, published_rows, queue_commands, to_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +89,8 @@ def test_budget_note_states_the_training_budget_and_test_windows_after_the_group
     (lambda g: g["ablations"].pop("method"), "ablations.method"),
     (lambda g: g.update(ablations=[1]), "ablations"),
     (lambda g: g["ablations"]["rows"][2].update(same_as="nope"), "ablations.rows.2.same_as"),
+    (lambda g: g["ablations"].update(figure="pie"), "ablations.figure"),
+    (lambda g: g["ablations"]["rows"][0].update(targets="evaluate@x"), "ablations.rows.0.targets"),
     (lambda g: g["ablations"]["rows"][2].update(set={"sensor.noise_sigma": 1.0}), "ablations.rows.2.same_as"),
 ])
 def test_bad_groups_name_the_key(tmp_path, damage, message):
@@ -122,7 +123,7 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
     assert set(finished) == {"ablations-i-a"}
     assert finished_experiments(shown, done={"ablations-v-2"}) == {}  # running: its baseline's metrics
     published = pd.DataFrame([{"table": "I", "row": "A", **{k: 51.55 for k in scores}}])
-    table = collect(group, finished, published, path)
+    table = collect(group, finished, published, "reports/metrics")
     assert table.loc[0, "cso_map"] == 50.0 and table.loc[0, "cso_map_published"] == 51.55
     assert pd.isna(table.loc[1, "cso_map"]) and pd.isna(table.loc[1, "cso_map_published"])
     text = to_markdown(table, "Ablations", ["note"])
@@ -131,6 +132,34 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
     assert table.loc[2, "cso_map"] == 50.0 and table.loc[2, "experiment"] == "ablations-i-a"
     assert "`dvc exp run evaluate@derefnet -S sensor.noise_sigma=2.0`" in text
     assert "| " + "f" * 7 + " |" in text  # the baseline commit the row ran on
+
+
+def test_a_mixed_group_scores_each_row_on_its_own_method_with_seed_spread_and_budget(tmp_path):
+    groups = {"curve": {"method": "srcnn", "targets": ["evaluate@srcnn"], "figure": "budget", "rows": [
+        {"id": "srcnn-2", "table": "VII", "row": "SRCNN", "set": {"methods.srcnn.train.epochs": 2}},
+        {"id": "ista-1", "table": "VII", "row": "ISTA-Net", "method": "ista_net", "targets": ["evaluate@ista_net"],
+         "set": {}}]}}
+    group = load_group(write_groups(tmp_path, groups), "curve")
+    assert group.command(group.rows[1]) == ["dvc", "exp", "run", "evaluate@ista_net"]
+    params = {"profile": "laptop", "trainer": {"seeds": [0, 1]}, "methods": {
+        "srcnn": {"train": {"epochs": {"laptop": 7, "paper": 100}, "windows_per_epoch": 100, "batch": 4, "lr": 1e-3}},
+        "ista_net": {"train": {"epochs": 1, "windows_per_epoch": {"laptop": 64, "paper": None}, "batch": 4, "lr": 1e-3}}}}
+    scores = {c: 10.0 for c in ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")}
+    finished = {"curve-srcnn-2": {"metrics": {"m/srcnn.json": {**scores, "cso_map_std": 1.5, "seeds": [0, 1]},
+                                              "m/ista_net.json": {"cso_map": 99.0}}, "timestamp": "t", "baseline": "a" * 40},
+                "curve-ista-1": {"metrics": {"m/ista_net.json": dict(scores, cso_map=20.0)}, "timestamp": "t",
+                                 "baseline": "b" * 40}}
+    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv")
+    table = collect(group, finished, published, "m", params)
+    assert list(table["method"]) == ["srcnn", "ista_net"] and list(table["cso_map"]) == [10.0, 20.0]
+    assert list(table["train_windows"]) == [200, 64]  # the row's epochs, the profile's windows per epoch
+    text = to_markdown(table, "Curve", [])
+    assert "| VII | SRCNN | srcnn | 200 | 10.00 ± 1.50 (49.64) |" in text  # two seeds: mean ± std
+    assert "| VII | ISTA-Net | ista_net | 64 | 20.00 (48.95) |" in text  # one seed: no spread
+    assert "ista_net trained 1 epoch(s) x 64 windows" in budget_note(group, params)
+    assert "mean ± std over seeds [0, 1]" in budget_note(group, params)
+    budget_figure(table, {"srcnn": 49.64}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_committed_runs_are_kept_until_a_newer_run_replaces_them():
@@ -198,11 +227,11 @@ def test_the_repository_groups_are_valid():
 
     groups = yaml.safe_load((ROOT / "experiments.yaml").read_text())
     params = read_params(ROOT / "params.yaml")
-    published = pd.read_csv(ROOT / "reference/seqcsist_ablations.csv")
+    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv")
     known = set(zip(published["table"], published["row"]))
     for name in groups:
         group = load_group(ROOT / "experiments.yaml", name)
         check_keys(group, params)
-        assert group.method in params["methods"]
+        assert all(group.method_of(row) in params["methods"] for row in group.rows)
         missing = [(row.table, row.row) for row in group.rows if (row.table, row.row) not in known]
         assert not missing, missing
