@@ -21,6 +21,7 @@ INPUTS = {
     "predictions_dir": "folder of per-method test HR maps (.npz)",
     "noise_dir": "folder of per-method noise-sweep JSON",
     "oracle": "grid-oracle JSON",
+    "crb": "Cramér-Rao bound JSON (stage crb)",
     "reference": "published Table VII CSV",
 }
 DATASET = ("frames", "targets", "split")

@@ -364,6 +364,20 @@ class ReportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CrbConfig:
+    """The Cramér-Rao reference row (pipeline/bound.py): error ``draws`` per test target for its
+    expected CSO-mAP, and their ``seed``."""
+
+    draws: int
+    seed: int
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "crb") -> "CrbConfig":
+        return build_config(cls, name, given, {"draws": lambda k, v: check_integer(k, v, 1),
+                                               "seed": lambda k, v: check_integer(k, v, 0)})
+
+
+@dataclasses.dataclass(frozen=True)
 class NoiseSweepConfig:
     """Additive-noise levels (counts), the methods scored at each, the test-window stride (one
     window in k of each test trajectory is scored, as evaluate.window_stride; 1 = all) and the seed of the noise added to

@@ -128,6 +128,26 @@ def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.nda
     return metrics, curves, maps, detections
 
 
+SEED_AVERAGED = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25", "psnr", "ssim", "fps")
+
+
+def combine_seeds(per_seed: list[dict], seeds: list) -> dict:
+    """The metrics of one method trained on several ``seeds`` (one dict each, from
+    :func:`evaluate_method`): the first seed's, with the mean of each score in ``SEED_AVERAGED``
+    and beside it ``<score>_std`` (sample std, ddof 1), ``seeds`` (how many) and ``per_seed``
+    (seed -> its CSO-mAP and APs). One seed's metrics come back unchanged."""
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    combined = dict(per_seed[0])
+    for key in SEED_AVERAGED:
+        values = np.array([metrics[key] for metrics in per_seed], dtype=np.float64)
+        combined[key], combined[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
+    combined["seeds"] = len(per_seed)
+    combined["per_seed"] = {str(seed): {key: metrics[key] for key in SEED_AVERAGED[:6]}
+                            for seed, metrics in zip(seeds, per_seed)}
+    return combined
+
+
 def pack_detections(detections: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Per-window detections as two arrays for an .npz: ``detections`` (n, 3) x, y, score and
     ``detection_window`` (n,) the window each belongs to."""

@@ -211,7 +211,7 @@ def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
         reference = paper.loc[(row.table, row.row)] if paper is not None and (row.table, row.row) in paper.index else None
         record = {"table": row.table, "row": row.row, "method": method, "experiment": group.experiment_name(row),
                   "command": shlex.join(group.command(row)), "commit": run.get("baseline", "")[:7],
-                  "seeds": len(ours.get("seeds", [])) or (1 if ours else 0)}
+                  "seeds": int(ours.get("seeds", 1 if ours else 0))}
         if params is not None:
             record["train_windows"] = training_windows(params, {**group.set, **row.set}, method)
         for column in AP_COLUMNS:

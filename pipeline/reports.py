@@ -71,9 +71,12 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.0f}{unit}"
 
 
-def _pair(ours: float | None, paper: float | None) -> str:
-    """'ours (paper)' with two decimals; '—' for a missing side."""
+def _pair(ours: float | None, paper: float | None, spread: float | None = None) -> str:
+    """'ours (paper)' with two decimals, 'mean ± std (paper)' with a ``spread`` over seeds; '—'
+    for a missing side."""
     left = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
+    if spread is not None and left != "—":
+        left += f" ± {spread:.2f}"
     right = "" if paper is None or pd.isna(paper) else f" ({paper:.2f})"
     return left + right
 
@@ -88,14 +91,20 @@ def _with_published(ours: str, paper, column: str) -> str:
     return f"{ours} ({value})"
 
 
+CRB_LABEL = "Cramér-Rao bound, one frame (unbiased, no prior, perfect ranking)"
+
+
 def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, str]], published: pd.DataFrame,
-                 oracle: dict) -> pd.DataFrame:
+                 oracle: dict, crb: dict | None = None) -> pd.DataFrame:
     """One row per method, ours beside the published numbers, grouped by family in paper order.
 
     ``results``: method id -> metrics dict (evaluate stage JSON). ``labels``: method id ->
     (family, display name) for our methods. ``published``: the reference Table VII (with
-    ``method_id``). Methods in either appear; a missing side shows '—'. Params, FLOPs and FPS
-    carry the published figure as printed in parentheses (FPS on the paper's GPU).
+    ``method_id``). Methods in either appear; a missing side shows '—'; a method scored over
+    several training seeds shows mean ± std. Params, FLOPs and FPS
+    carry the published figure as printed in parentheses (FPS on the paper's GPU). The bound
+    rows: the grid oracle's two rankings and, given ``crb`` (the crb stage's JSON), the
+    Cramér-Rao row.
     """
     published = published.set_index("method_id")
     ids = list(dict.fromkeys(list(published.index) + list(results)))
@@ -111,14 +120,18 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
             "flops": _with_published(_si(ours["flops"]) if "flops" in ours else "—", paper, "flops"),
             "fps": _with_published(f"{ours['fps']:,.0f}" if "fps" in ours else "—", paper, "fps"),
         }
+        several = ours.get("seeds", 1) > 1
         for key in ("cso_map",) + AP_KEYS:
-            row[key] = _pair(ours.get(key), None if paper is None else float(paper[key]))
+            row[key] = _pair(ours.get(key), None if paper is None else float(paper[key]),
+                             ours.get(f"{key}_std") if several else None)
         row["psnr"] = f"{ours['psnr']:.2f}" if "psnr" in ours else "—"
         row["ssim"] = f"{ours['ssim']:.4f}" if "ssim" in ours else "—"
         rows.append(row)
-    for title, key in (("Grid oracle, ranked by true brightness", "brightness"),
-                       ("Grid oracle, perfect ranking (ceiling for HR-map methods)", "perfect_ranking")):
-        bound = oracle[key]
+    bounds = [("Grid oracle, ranked by true brightness", oracle["brightness"]),
+              ("Grid oracle, perfect ranking (ceiling for HR-map methods)", oracle["perfect_ranking"])]
+    if crb is not None:
+        bounds.append((CRB_LABEL, crb))
+    for title, bound in bounds:
         rows.append({"family": "bound", "method": title, "params": "—", "flops": "—", "fps": "—",
                      **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—"})
     table = pd.DataFrame(rows)

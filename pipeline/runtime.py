@@ -175,19 +175,33 @@ def build_method(spec: MethodSpec, physics: PhysicsOperator, device: torch.devic
 
 
 def build_for_evaluation(method_id: str, methods: Mapping, physics: PhysicsOperator, models: str | Path,
-                         device: torch.device | str = "cpu") -> UnmixingMethod:
+                         device: torch.device | str = "cpu", seed: int | None = None) -> UnmixingMethod:
     """A method ready to score: a ``methods`` entry with its trained weights from
-    ``models``/<id>.pt, or ``physfit_<network>`` (``methods.physfit`` seeded by that network)."""
+    ``models``/<id>.pt (those of training ``seed``, default the first), or ``physfit_<network>``
+    (``methods.physfit`` seeded by that network)."""
     network = proposal_of(method_id, methods)
     if network is not None:
-        proposal = build_for_evaluation(network, methods, physics, models, device)
+        proposal = build_for_evaluation(network, methods, physics, models, device, seed)
         spec = method_spec(methods, PROPOSAL_METHOD)
         return build_method(spec, physics, device, proposal=proposal)
     spec = method_spec(methods, method_id)
     model = build_method(spec, physics, device)
     if spec.trainable:
-        load_state(model, spec.id, Path(models) / f"{spec.id}.pt")
+        load_state(model, spec.id, model_path(models, spec.id), seed)
     return model
+
+
+def model_path(models: str | Path, method_id: str) -> Path:
+    """Where train@<id> writes the trained weights of ``method_id``."""
+    return Path(models) / f"{method_id}.pt"
+
+
+def trained_network(method_id: str, methods: Mapping) -> str | None:
+    """The id whose trained weights ``method_id`` is scored with: itself when trainable, the
+    proposal network of ``physfit_<network>``, None for a method with nothing to train."""
+    network = proposal_of(method_id, methods)
+    target = network if network is not None else method_id
+    return target if method_spec(methods, target).trainable else None
 
 
 def evaluated_ids(methods: Mapping, proposals: list | None) -> list[str]:

@@ -41,25 +41,47 @@ def state_bytes(state: Any) -> bytes:
     return buffer.getvalue()
 
 
-def save_model(model_state: dict, method: str, settings: dict, path: str | Path) -> None:
-    """A trained method: its id, the settings it was built with and its state dict; identical
-    weights give identical bytes."""
+def save_model(states: dict[int, dict], method: str, settings: dict, path: str | Path) -> None:
+    """A trained method: its id, the settings it was built with and one state dict per training
+    seed (seed -> state dict, in ``trainer.seeds`` order); identical weights give identical bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(state_bytes({"method": method, "settings": settings, "state_dict": model_state}))
+        tmp.write_bytes(state_bytes({"method": method, "settings": settings, "states": dict(states)}))
 
 
-def load_state(model: UnmixingMethod, method: str, path: str | Path) -> UnmixingMethod:
-    """Load the weights saved for ``method`` at ``path`` into ``model``; names a bad file."""
+def saved_seeds(path: str | Path, method: str) -> list[int]:
+    """The training seeds whose weights ``path`` holds, in training order; names a bad file."""
+    return list(_read_model(path, method)["states"])
+
+
+def load_state(model: UnmixingMethod, method: str, path: str | Path, seed: int | None = None) -> UnmixingMethod:
+    """Load the weights saved for ``method`` at ``path`` (those of ``seed``, default the first
+    seed trained) into ``model``; names a bad file or a seed it does not hold."""
+    states = _read_model(path, method)["states"]
+    chosen = next(iter(states)) if seed is None else seed
+    if chosen not in states:
+        raise DataFileError(f"{path}: holds the seeds {list(states)} of {method}, not seed {chosen} "
+                            f"(run dvc repro train@{method})")
+    try:
+        model.load_state_dict(states[chosen])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise DataFileError(f"{path}: not a readable checkpoint of {method} "
+                            f"({' '.join(str(exc).split())[:200]})") from exc
+    return model
+
+
+def _read_model(path: str | Path, method: str) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("method") != method:
-            found = saved.get("method") if isinstance(saved, dict) else type(saved).__name__
-            raise DataFileError(f"{path}: holds method {found!r}, expected {method!r}")
-        model.load_state_dict(saved["state_dict"])
     except FileNotFoundError as exc:
         raise DataFileError(f"{path}: file not found (run dvc repro train@{method})") from exc
     except (RuntimeError, KeyError, AttributeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError) as exc:
         raise DataFileError(f"{path}: not a readable checkpoint of {method} "
                             f"({' '.join(str(exc).split())[:200]})") from exc
-    return model
+    if not isinstance(saved, dict) or saved.get("method") != method:
+        found = saved.get("method") if isinstance(saved, dict) else type(saved).__name__
+        raise DataFileError(f"{path}: holds method {found!r}, expected {method!r}")
+    if not isinstance(saved.get("states"), dict) or not saved["states"]:
+        raise DataFileError(f"{path}: holds no trained weights of {method} (saved by an older version? "
+                            f"run dvc repro train@{method})")
+    return saved

@@ -1,7 +1,9 @@
 """One trainer for every trainable method.
 
 Adam on the method's own parameters (settings and budget from ``methods.<id>.train``), seeded
-initialisation and a seeded draw of training windows every epoch, bf16 autocast on CUDA, a
+initialisation and a seeded draw of training windows every epoch (one run per seed of
+``trainer.seeds``), bf16 autocast on CUDA, data-parallel across processes started by
+``torchrun`` (:mod:`pipeline.distributed`), a
 checkpoint after every epoch that a rerun resumes from (bit-identical to an uninterrupted run on
 CPU), validation CSO-mAP after every epoch and the best weights by it. Adversarial methods (a
 ``discriminator`` submodule) alternate a generator and a discriminator step inside the same loop.
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.config import build_config, check_bool, check_choice, check_integer
+from pipeline import distributed
+from pipeline.config import ConfigError, build_config, check_bool, check_choice, check_integer, require
 from pipeline.data import Windows
 from pipeline.io import atomic_path
 from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
@@ -39,12 +42,13 @@ class TrainingError(RuntimeError):
 class TrainerConfig:
     """Settings shared by all methods (section ``trainer``).
 
-    ``val_windows``: validation windows scored after every epoch, evenly spaced over the
-    validation split (None = all of them); the test split is always scored in full.
+    ``seeds``: one training run per seed (initial weights and window draws), scored each; tables
+    give mean ± std when there are several. ``val_windows``: validation windows scored after
+    every epoch, evenly spaced over the validation split (None = all of them).
     """
 
     device: str
-    seed: int
+    seeds: tuple[int, ...]
     mixed_precision: bool
     eval_batch: int
     threads: int
@@ -54,12 +58,27 @@ class TrainerConfig:
     def from_section(cls, given: Mapping, name: str = "trainer") -> "TrainerConfig":
         return build_config(cls, name, given, {
             "device": lambda k, v: check_choice(k, v, DEVICES),
-            "seed": lambda k, v: check_integer(k, v, 0),
+            "seeds": check_seeds,
             "mixed_precision": check_bool,
             "eval_batch": lambda k, v: check_integer(k, v, 1),
             "threads": lambda k, v: check_integer(k, v, 0),
             "val_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
         })
+
+
+def check_seeds(key: str, value: Any) -> tuple[int, ...]:
+    """A non-empty list of distinct integers >= 0."""
+    require(isinstance(value, (list, tuple)) and len(value) > 0, key, value,
+            "a non-empty list of distinct integers >= 0, e.g. [0] or [0, 1, 2]")
+    seeds = tuple(check_integer(f"{key}[{i}]", seed, 0) for i, seed in enumerate(value))
+    require(len(set(seeds)) == len(seeds), key, value, "the seeds must be distinct")
+    return seeds
+
+
+def seed_checkpoint(checkpoint: Path, seed: int) -> Path:
+    """The resume file of one seed's run, beside ``checkpoint`` (``<stem>.seed<k><suffix>``)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.seed{seed}{checkpoint.suffix}")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -106,28 +125,42 @@ def epoch_order(train: Windows, draw: str, generator: torch.Generator) -> torch.
     return torch.from_numpy(np.lexsort((train.f, rank.numpy()[which])))
 
 
-def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
+def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows | None,
                  validate: Callable[[UnmixingMethod], float], checkpoint: Path, device: torch.device, *,
-                 progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train the method of ``spec``; a non-trainable one is returned as built, with no history.
+                 seed: int | None = None, progress: bool = True,
+                 on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train the method of ``spec`` on the ``train`` windows from ``seed`` (default: the first of
+    ``trainer.seeds``); a non-trainable one is returned as built, with no history (``train`` may
+    then be None).
 
     ``validate(model) -> float`` scores the model (validation CSO-mAP, higher is better).
     ``checkpoint``: file holding the state after the last completed epoch; a rerun from the same
     inputs resumes from it. ``on_step(epoch, step)`` is called before each step (tests use it to
-    interrupt a run).
+    interrupt a run). Inside a process group (:func:`pipeline.distributed.start`) the model is
+    wrapped in DDP and each process trains on its share of every batch; process 0 validates and
+    writes the checkpoint, and only its result holds the best weights.
     """
+    seed = trainer.seeds[0] if seed is None else seed
+    world = distributed.current()
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
-    torch.manual_seed(trainer.seed)
+    torch.manual_seed(seed)
     model = build_method(spec, physics, device)
     if spec.train is None:
         return TrainResult(copy.deepcopy(model.state_dict()), [])
     budget = spec.train
     adversary = model.adversary()
+    if world.size > 1 and adversary is not None:
+        raise ConfigError(f"method {spec.id} is adversarial: data-parallel training (torchrun) supports "
+                          "methods without a discriminator; run it in one process")
+    if budget.batch < world.size:
+        raise ConfigError(f"methods.{spec.id}.train.batch = {budget.batch} is invalid with {world.size} "
+                          "processes: each needs at least one window of every batch")
     optimizer = torch.optim.Adam(model.generator_parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     critic = (torch.optim.Adam(adversary.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
               if adversary is not None else None)
-    key = fingerprint(dataclasses.asdict(spec), dataclasses.asdict(trainer), dataclasses.asdict(physics.sensor),
+    run = {**dataclasses.asdict(trainer), "seeds": None, "seed": seed}
+    key = fingerprint(dataclasses.asdict(spec), run, dataclasses.asdict(physics.sensor),
                       physics.phi, physics.qinit, train.lr, train.hr)
     state = _load_checkpoint(checkpoint, key, spec.id)
     start_epoch, history, best_state, best_score = 0, [], None, -math.inf
@@ -138,22 +171,29 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             critic.load_state_dict(state["critic"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best_state, best_score = state["best_state"], state["best_score"]
+    forward = model
+    if world.size > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = trainer.mixed_precision and device.type == "cuda"
     lr_all, hr_all = torch.from_numpy(train.lr), torch.from_numpy(train.hr)
     drawn = len(train) if budget.windows_per_epoch is None else min(budget.windows_per_epoch, len(train))
     epochs = tqdm(range(start_epoch, budget.epochs), desc=f"train {spec.id}", unit="epoch",
-                  initial=start_epoch, total=budget.epochs, disable=not progress)
+                  initial=start_epoch, total=budget.epochs, disable=not (progress and world.main))
     for epoch in epochs:
         model.train()
-        order = epoch_order(train, budget.draw, torch.Generator().manual_seed(trainer.seed * 100_003 + epoch))[:drawn]
+        order = epoch_order(train, budget.draw, torch.Generator().manual_seed(seed * 100_003 + epoch))[:drawn]
         losses = []
         for step, start in enumerate(range(0, drawn, budget.batch)):
             if on_step is not None:
                 on_step(epoch, step)
             index = order[start:start + budget.batch]
+            if len(index) < world.size:
+                continue  # a last batch too small to share out
+            index = distributed.shard(index, world)
             lr_batch, hr_batch = lr_all[index].to(device), hr_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                output = model(lr_batch)
+                output = forward(lr_batch)
                 loss, _ = model.loss(output, hr_batch)
             _checked(loss, "loss", spec, epoch, step)
             optimizer.zero_grad(set_to_none=True)
@@ -166,11 +206,13 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
                 _checked(critic_loss, "discriminator loss", spec, epoch, step).backward()
                 critic.step()
             losses.append(loss.item())
-        score = validate(model)
+        score = distributed.from_main(validate(model) if world.main else math.nan, world)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score})
         if score > best_score or best_state is None:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{history[-1]['train_loss']:.4g}", val_map=f"{score:.2f}")
+        if not world.main:
+            continue
         _save_checkpoint(checkpoint, {"key": key, "epoch": epoch, "model": model.state_dict(),
                                       "optimizer": optimizer.state_dict(),
                                       "critic": critic.state_dict() if critic is not None else None,

@@ -1,7 +1,9 @@
 """Stage evaluate@<method>: CSO-mAP, PSNR/SSIM, params, FLOPs and FPS on the test split.
 
 Params: methods.<method> (to rebuild it), trainer, evaluate, sensor (how the frames were
-recorded, which the physics object carries), profile.
+recorded, which the physics object carries), profile. A method trained on several seeds is scored
+once per seed: the metrics are their mean with ``<metric>_std`` beside it; the PR curves and
+predictions are the first seed's.
 """
 import argparse
 
@@ -9,11 +11,11 @@ import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import EvaluateConfig, load_params, section
-from pipeline.evaluation import evaluate_method, pack_detections
+from pipeline.evaluation import combine_seeds, evaluate_method, pack_detections
 from pipeline.io import atomic_path, write_json
-from pipeline.runtime import build_for_evaluation, resolve_device
+from pipeline.runtime import build_for_evaluation, model_path, resolve_device, trained_network
 from pipeline.sensor import Sensor
-from pipeline.stage_io import load_physics, load_windows
+from pipeline.stage_io import load_physics, load_windows, saved_seeds
 from pipeline.training import TrainerConfig
 
 
@@ -23,11 +25,17 @@ def main(args: argparse.Namespace) -> None:
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     device = resolve_device(trainer.device)
     physics = load_physics(args.phi, args.qinit, Sensor.from_section(section(params, "sensor")))
-    model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device)
+    methods = section(params, "methods")
+    network = trained_network(args.method, methods)
+    seeds = [None] if network is None else saved_seeds(model_path(args.models, network), network)
     test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window,
                                 evaluate.window_stride)
-    metrics, curves, maps, detections = evaluate_method(model, test, truths, evaluate, device,
-                                                        trainer.eval_batch, progress=True)
+    scored = []
+    for seed in seeds:
+        model = build_for_evaluation(args.method, methods, physics, args.models, device, seed)
+        scored.append(evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch, progress=True))
+    metrics = combine_seeds([result[0] for result in scored], seeds)
+    _, curves, maps, detections = scored[0]
     write_json({"method": args.method, **metrics}, args.metrics)
     with atomic_path(args.curves) as tmp:
         curves.to_csv(tmp, index=False, float_format="%.6g")

@@ -58,7 +58,7 @@ BAD_PARAMS = [  # (stage, {dotted key: bad value}, the key the message must name
     ("train", {"evaluate.distance_thresholds": [0.1, 0.1001]}, "evaluate.distance_thresholds"),
     ("train", {"evaluate.window": 4}, "evaluate.window"),
     ("train", {"trainer.device": "tpu"}, "trainer.device"),
-    ("train", {"trainer.seed": -1}, "trainer.seed"),
+    ("train", {"trainer.seeds": [0, -1]}, "trainer.seeds"),
     ("train", {"methods.srcnn.model.channels": 32}, "methods.srcnn.model.channels"),
     ("train", {"methods.srcnn.model.kernel_sizes": 9}, "methods.srcnn.model.kernel_sizes"),
     ("train", {"methods.srcnn.model.faithful_loss_weights": "yes"}, "methods.srcnn.model.faithful_loss_weights"),
@@ -66,6 +66,8 @@ BAD_PARAMS = [  # (stage, {dotted key: bad value}, the key the message must name
     ("train", {"methods.srcnn.train.lr": -1.0}, "methods.srcnn.train.lr"),
     ("train", {"methods.srcnn.train.epochs": 0}, "methods.srcnn.train.epochs"),
     ("train", {"profile": "desktop"}, "profile"),
+    ("crb", {"crb.draws": 0}, "crb.draws"),
+    ("crb", {"sensor.noise_sigma": -1.0}, "sensor.noise_sigma"),
 ]
 STAGE_ARGS = {  # dummy paths: the params are checked before any input is read
     "simulate": ["--frames", "f.parquet", "--targets", "t.parquet"],
@@ -73,6 +75,7 @@ STAGE_ARGS = {  # dummy paths: the params are checked before any input is read
     "split": ["--frames", "f.parquet", "--out", "s.parquet"],
     "qinit": ["--phi", "phi.npy", "--frames", "f.parquet", "--targets", "t.parquet", "--split", "s.parquet",
               "--out", "q.npy"],
+    "crb": ["--frames", "f.parquet", "--targets", "t.parquet", "--split", "s.parquet", "--out", "crb.json"],
     "train": ["--phi", "phi.npy", "--qinit", "q.npy", "--frames", "f.parquet", "--targets", "t.parquet",
               "--split", "s.parquet", "--method", "srcnn", "--model", "m.pt", "--history", "h.csv",
               "--checkpoint", "c.pt"],
@@ -170,7 +173,7 @@ def _binary_json(tmp_path, dataset):
 
 def _corrupt_model(tmp_path, dataset):
     model = torch.nn.Linear(3, 2)
-    save_model(model.state_dict(), "toy", {}, tmp_path / "toy.pt")
+    save_model({0: model.state_dict()}, "toy", {}, tmp_path / "toy.pt")
     return (lambda path: load_state(model, "toy", path)), _truncate(tmp_path / "toy.pt")
 
 

@@ -145,7 +145,7 @@ def test_a_mixed_group_scores_each_row_on_its_own_method_with_seed_spread_and_bu
         "srcnn": {"train": {"epochs": {"laptop": 7, "paper": 100}, "windows_per_epoch": 100, "batch": 4, "lr": 1e-3}},
         "ista_net": {"train": {"epochs": 1, "windows_per_epoch": {"laptop": 64, "paper": None}, "batch": 4, "lr": 1e-3}}}}
     scores = {c: 10.0 for c in ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")}
-    finished = {"curve-srcnn-2": {"metrics": {"m/srcnn.json": {**scores, "cso_map_std": 1.5, "seeds": [0, 1]},
+    finished = {"curve-srcnn-2": {"metrics": {"m/srcnn.json": {**scores, "cso_map_std": 1.5, "seeds": 2},
                                               "m/ista_net.json": {"cso_map": 99.0}}, "timestamp": "t", "baseline": "a" * 40},
                 "curve-ista-1": {"metrics": {"m/ista_net.json": dict(scores, cso_map=20.0)}, "timestamp": "t",
                                  "baseline": "b" * 40}}
@@ -235,3 +235,12 @@ def test_the_repository_groups_are_valid():
         assert all(group.method_of(row) in params["methods"] for row in group.rows)
         missing = [(row.table, row.row) for row in group.rows if (row.table, row.row) not in known]
         assert not missing, missing
+
+
+def test_stages_run_the_code_of_the_workspace_dvc_runs_them_in():
+    """`python -m stages.<name>` puts the working directory first on the import path: a queued
+    experiment's temporary copy runs its own pipeline package, not the editable install's tree
+    (whose later edits would otherwise leak into queued runs)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = [(stage.get("do") or stage)["cmd"] for stage in stages.values()]
+    assert commands and all(" ".join(c.split()).startswith("python -m stages.") for c in commands), commands

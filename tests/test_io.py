@@ -3,12 +3,15 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.config import SplitConfig
 from pipeline.io import (DataFileError, atomic_path, frame_index, parse_annotation, read_frame_images,
                          read_frames, read_official_tree, read_targets, write_frames,
                          write_official_archive, write_table)
+from pipeline.evaluation import combine_seeds
 from pipeline.simulate import simulate
+from pipeline.stage_io import load_state, save_model, saved_seeds
 from pipeline.split import make_split
 
 
@@ -134,3 +137,33 @@ def test_strided_windows_are_a_subset_of_all_windows(tmp_path, dataset):
         positions = strided.f[strided.t == trajectory]
         assert positions[0] == 2 + trajectory % 4 and np.all(np.diff(positions) == 4)
     np.testing.assert_array_equal(strided.lr[:, 2], data.images[strided.t, strided.f])
+
+
+def test_a_model_file_holds_each_seeds_weights(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    states = {}
+    for seed in (4, 1):
+        torch.manual_seed(seed)
+        states[seed] = torch.nn.Linear(3, 2).state_dict()
+    save_model(states, "toy", {"id": "toy"}, tmp_path / "toy.pt")
+    assert saved_seeds(tmp_path / "toy.pt", "toy") == [4, 1]  # training order
+    load_state(model, "toy", tmp_path / "toy.pt")
+    assert torch.equal(model.weight, states[4]["weight"])  # default: the first seed trained
+    load_state(model, "toy", tmp_path / "toy.pt", seed=1)
+    assert torch.equal(model.weight, states[1]["weight"])
+    with pytest.raises(DataFileError, match=r"toy.pt: holds the seeds \[4, 1\] of toy, not seed 7"):
+        load_state(model, "toy", tmp_path / "toy.pt", seed=7)
+    with pytest.raises(DataFileError, match="holds method 'toy', expected 'other'"):
+        saved_seeds(tmp_path / "toy.pt", "other")
+
+
+def test_metrics_of_several_seeds_are_their_mean_with_the_std_beside():
+    runs = [{"cso_map": 10.0, "ap05": 1.0, "ap10": 2.0, "ap15": 3.0, "ap20": 4.0, "ap25": 5.0, "psnr": 30.0,
+             "ssim": 0.5, "fps": 100.0, "params": 7, "device": "cpu"},
+            {"cso_map": 14.0, "ap05": 3.0, "ap10": 2.0, "ap15": 3.0, "ap20": 4.0, "ap25": 5.0, "psnr": 32.0,
+             "ssim": 0.7, "fps": 300.0, "params": 7, "device": "cpu"}]
+    combined = combine_seeds(runs, [0, 1])
+    assert combined["cso_map"] == 12.0 and combined["cso_map_std"] == pytest.approx(2.0 ** 0.5 * 2.0)
+    assert combined["ap10_std"] == 0.0 and combined["params"] == 7 and combined["seeds"] == 2
+    assert combined["per_seed"]["1"]["cso_map"] == 14.0 and "psnr" not in combined["per_seed"]["1"]
+    assert combine_seeds(runs[:1], [0]) == runs[0]  # one seed: the metrics as they were

@@ -227,7 +227,7 @@ def test_a_few_steps_through_the_one_trainer(name, physics, dataset, tmp_path):
     windows = Windows(lr.numpy(), target.numpy(), np.arange(len(lr)), np.full(len(lr), 2))
     spec = MethodSpec(name, name, "", dict(method_class(name).smoke_params),
                       TrainBudget(epochs=2, windows_per_epoch=None, batch=4, lr=1e-3, weight_decay=0.0))
-    trainer = TrainerConfig(device="cpu", seed=0, mixed_precision=False, eval_batch=8, threads=0, val_windows=None)
+    trainer = TrainerConfig(device="cpu", seeds=(0,), mixed_precision=False, eval_batch=8, threads=0, val_windows=None)
     torch.manual_seed(0)
     before = {key: value.clone() for key, value in smoke(name, physics).state_dict().items()}
     result = train_method(spec, trainer, physics, windows, lambda model: 0.0, tmp_path / "c.pt",

@@ -1,12 +1,16 @@
 """End-to-end: the DVC pipeline on a fresh copy of the repository (slow; run with -m slow)."""
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from pipeline.stage_io import saved_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -97,6 +101,7 @@ def test_full_pipeline_and_dvc_workflow(fresh_clone):
         assert (fresh_clone / path).is_file(), path
     table = (fresh_clone / "reports/tables/table7.md").read_text()
     assert "laptop profile: 30 trajectories" in table and "SRCNN" in table and "Grid oracle" in table
+    assert "Cramér-Rao bound, one frame" in table
     assert "changed" not in _run(dvc + ["status"], fresh_clone)
 
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
@@ -150,3 +155,28 @@ def test_adding_a_method_touches_only_its_own_stages(fresh_clone):
     assert ran == {"train@toy", "evaluate@toy", "tables"}, ran
     table = (fresh_clone / "reports/tables/table7.md").read_text()
     assert "| **Toy family** |" in table and "| Toy |" in table
+
+
+def test_two_seeds_and_a_two_process_training(fresh_clone):
+    """trainer.seeds with two seeds: the model file holds both runs and the metrics their mean
+    and std; then train@srcnn under torchrun (2 gloo processes) writes a loadable model. Last in
+    the file: it leaves params.yaml changed."""
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(dvc + ["exp", "run", "evaluate@srcnn", "-S", "trainer.seeds=[0, 1]"], fresh_clone)
+    metrics = json.loads((fresh_clone / "reports/metrics/srcnn.json").read_text())
+    assert metrics["seeds"] == 2 and set(metrics["per_seed"]) == {"0", "1"} and metrics["cso_map_std"] >= 0
+    assert saved_seeds(fresh_clone / "models/srcnn.pt", "srcnn") == [0, 1]
+    history = pd.read_csv(fresh_clone / "reports/training/srcnn.csv")
+    assert sorted(history["seed"].unique()) == [0, 1]
+
+    stage = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"]
+    paths = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["vars"][0]["paths"]
+    command = stage.replace("${key}", "srcnn")
+    for name, value in paths.items():
+        command = command.replace("${paths.%s}" % name, " ".join(value.split()))
+    arguments = command.split()[3:]  # drop "python -m stages.train"
+    for flag, path in (("--model", "ddp.pt"), ("--history", "ddp.csv"), ("--checkpoint", "ddp-checkpoint.pt")):
+        arguments[arguments.index(flag) + 1] = path  # beside the stage's outputs, not over them
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          "-m", "stages.train", *arguments], fresh_clone)
+    assert saved_seeds(fresh_clone / "ddp.pt", "srcnn") == [0, 1]  # params.yaml still holds both seeds

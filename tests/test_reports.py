@@ -22,9 +22,11 @@ def _result(value):
 def test_table7_puts_ours_beside_published_grouped_by_family():
     results = {"srcnn": _result(40.123), "physfit": _result(95.5)}
     labels = {"srcnn": ("super_resolution", "SRCNN"), "physfit": ("beyond_the_papers", "PhysFit")}
-    table = build_table7(results, labels, PUBLISHED, ORACLE)
+    crb = {"cso_map": 65.7, "ap05": 46.9, "ap10": 60.8, "ap15": 68.1, "ap20": 74.1, "ap25": 78.5}
+    table = build_table7(results, labels, PUBLISHED, ORACLE, crb)
     assert list(table["family"]) == ["traditional", "super_resolution", "multi_frame", "beyond_the_papers",
-                                     "bound", "bound"]
+                                     "bound", "bound", "bound"]
+    assert table.iloc[-1]["method"].startswith("Cramér-Rao bound") and table.iloc[-1]["cso_map"] == "65.70"
     srcnn = table[table["method"] == "SRCNN"].iloc[0]
     assert srcnn["cso_map"] == "40.12 (49.64)" and srcnn["params"] == "15.84K (15.84K)"
     assert srcnn["flops"] == "350.00M (0.35G)" and srcnn["fps"] == "1,234 (102,961)"
@@ -36,6 +38,16 @@ def test_table7_puts_ours_beside_published_grouped_by_family():
     assert "Grid oracle" in markdown
     latex = to_latex(table, "Table VII")
     assert "\\toprule" in latex and "40.12 (49.64)" in latex and "--" in latex
+
+
+def test_table7_shows_mean_and_std_over_several_seeds_only():
+    several = {**_result(40.0), "cso_map_std": 1.234, "ap05_std": 0.5, "seeds": 3}
+    single = {**_result(30.0), "cso_map_std": 9.9}  # a std without several seeds is not shown
+    table = build_table7({"srcnn": several, "ista": single}, {"srcnn": ("super_resolution", "SRCNN"),
+                                                             "ista": ("traditional", "ISTA")}, PUBLISHED, ORACLE)
+    srcnn = table[table["method"] == "SRCNN"].iloc[0]
+    assert srcnn["cso_map"] == "40.00 ± 1.23 (49.64)" and srcnn["ap05"] == "1.00 ± 0.50 (1.40)"
+    assert table[table["method"] == "ISTA"].iloc[0]["cso_map"] == "30.00 (10.72)"
 
 
 def test_profile_label_names_profile_data_and_budgets():

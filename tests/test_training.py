@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from pipeline.methods import PhysicsOperator
 from pipeline.physics import build_phi_closed_form, render_batch
 from pipeline.runtime import MethodSpec, TrainBudget, build_method, method_spec
 from pipeline.sensor import Sensor
-from pipeline.training import TrainerConfig, TrainingError, epoch_order, train_method
+from pipeline.training import TrainerConfig, TrainingError, epoch_order, seed_checkpoint, train_method
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def tiny():
     return PhysicsOperator(phi, qinit), windows
 
 
-TRAINER = TrainerConfig(device="cpu", seed=3, mixed_precision=False, eval_batch=64, threads=0, val_windows=None)
+TRAINER = TrainerConfig(device="cpu", seeds=(3,), mixed_precision=False, eval_batch=64, threads=0, val_windows=None)
 CPU = torch.device("cpu")
 
 
@@ -191,5 +192,26 @@ def test_bad_method_settings_are_config_errors(tiny):
     with pytest.raises(ConfigError, match="methods.ista.train .*nothing to train"):
         method_spec({"ista": {"module": "ista.py", "model": {}, "train": train}}, "ista")
     with pytest.raises(ConfigError, match="trainer.device = 'tpu'"):
-        TrainerConfig.from_section({"device": "tpu", "seed": 0, "mixed_precision": True, "eval_batch": 1,
+        TrainerConfig.from_section({"device": "tpu", "seeds": [0], "mixed_precision": True, "eval_batch": 1,
                                     "threads": 0, "val_windows": None})
+    good = {"device": "cpu", "mixed_precision": True, "eval_batch": 1, "threads": 0, "val_windows": None}
+    assert TrainerConfig.from_section({**good, "seeds": [0, 1, 2]}).seeds == (0, 1, 2)
+    for seeds, message in (([], "non-empty list"), ([0, 0], "distinct"), ([0, -1], r"trainer.seeds\[1\]"),
+                           (0, "non-empty list")):
+        with pytest.raises(ConfigError, match=message):
+            TrainerConfig.from_section({**good, "seeds": seeds})
+
+
+def test_each_seed_is_its_own_reproducible_run(tiny, tmp_path):
+    """A seed fixes the initial weights and the window draws: the same seed gives identical
+    weights, another seed other weights; the checkpoint of each seed lies beside the stage's."""
+    physics, windows = tiny
+    two = dataclasses.replace(TRAINER, seeds=(3, 4))
+    first = train_method(_config(epochs=1), two, physics, windows, _validate, tmp_path / "a.pt", CPU, progress=False)
+    again = train_method(_config(epochs=1), two, physics, windows, _validate, tmp_path / "b.pt", CPU, progress=False,
+                         seed=3)
+    other = train_method(_config(epochs=1), two, physics, windows, _validate, tmp_path / "c.pt", CPU, progress=False,
+                         seed=4)
+    assert all(torch.equal(first.best_state[k], again.best_state[k]) for k in first.best_state)  # default: seeds[0]
+    assert not all(torch.equal(first.best_state[k], other.best_state[k]) for k in first.best_state)
+    assert seed_checkpoint(tmp_path / "srcnn.pt", 4) == tmp_path / "srcnn.seed4.pt"

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
-from torchvision.models.vgg import cfgs as vgg_configurations
 
 from pipeline.methods.blocks.super_resolution import scaled_kaiming_
 
@@ -172,7 +171,14 @@ def relativistic_discriminator_loss(real_logits: torch.Tensor, fake_logits: torc
 
 # --------------------------------------------------------------------------- perceptual loss
 
-VGG19 = vgg_configurations["E"]  # torchvision's VGG19 layer list: widths and "M" (max-pool)
+def vgg19_layers() -> list:
+    """torchvision's VGG19 layer list: widths and "M" (max-pool); imported when a perceptual
+    loss is built, so stages of other methods do not pay torchvision's import."""
+    from torchvision.models.vgg import cfgs
+
+    return list(cfgs["E"])
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -195,7 +201,8 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, layer: int = 34, weights: str | Path | None = None, scale: float = 255.0) -> None:
         super().__init__()
-        depth = sum(1 if entry == "M" else 2 for entry in VGG19)
+        configuration = vgg19_layers()
+        depth = sum(1 if entry == "M" else 2 for entry in configuration)
         if not 0 <= layer < depth:
             raise ValueError(f"perceptual layer must index torchvision's VGG19 features "
                              f"(0..{depth - 1}), got {layer}")
@@ -203,7 +210,7 @@ class VGGPerceptualLoss(nn.Module):
             raise ValueError(f"perceptual scale must be positive, got {scale}")
         layers: list[nn.Module] = []
         width = 3
-        for entry in VGG19:
+        for entry in configuration:
             if entry == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:

@@ -4,7 +4,7 @@
 On CPU the same operation runs as one ``grid_sample`` of every kernel tap and a contraction
 (:func:`sampled_deform_conv2d`): torchvision's CPU backward kernel took 19 of the 21 s of a
 DeRefNet training step on the 2-core machine, the sampled form is ~11x faster there, and the two
-agree to float32 rounding in values and gradients (tests/test_derefnet.py).
+agree to float32 rounding in values and gradients (tests/test_adversarial.py).
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 
 
 def sampled_deform_conv2d(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -73,4 +72,6 @@ class DeformableConv(nn.Module):
         offsets = self.offset(x if guide is None else guide)
         if x.device.type == "cpu":
             return sampled_deform_conv2d(x, offsets, self.weight)
+        from torchvision.ops import deform_conv2d  # imported on the CUDA path only (slow to import)
+
         return deform_conv2d(x, offsets, self.weight, padding=self.weight.shape[-1] // 2)

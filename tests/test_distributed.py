@@ -1,0 +1,105 @@
+"""Data-parallel training (DDP) on CPU: two gloo processes take the same steps as one process."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pipeline import distributed
+from pipeline.coords import Grid
+from pipeline.data import Windows
+from pipeline.methods import PhysicsOperator
+from pipeline.physics import build_phi_closed_form, render_batch
+from pipeline.runtime import MethodSpec, TrainBudget, build_method
+from pipeline.training import TrainerConfig, train_method
+
+TRAINER = TrainerConfig(device="cpu", seeds=(5,), mixed_precision=False, eval_batch=64, threads=1, val_windows=None)
+SPECS = {  # batch 16 of 48 windows: three full steps an epoch, 8 windows a process under DDP
+    "srcnn": MethodSpec("srcnn", "srcnn", "srcnn.py", {}, TrainBudget(2, None, 16, 1e-3, 0.0)),
+    "ista_net": MethodSpec("ista_net", "ista_net", "istanet.py", {"phases": 2}, TrainBudget(2, None, 16, 1e-3, 0.0)),
+}
+# Stated tolerance: after 6 Adam steps every weight tensor of the two-process run is within 0.1% of
+# its largest magnitude of the one-process run's. Float32 rounding of the gradient average (SRCNN:
+# 1.2e-7 apart) can move a pre-activation across ISTA-Net's soft threshold, which Adam's
+# normalised step then carries (measured 2.2e-4 on a step size of 0.50, 4.4e-4 relative).
+TOLERANCE = 1e-3
+
+
+def tiny_problem() -> tuple[PhysicsOperator, Windows]:
+    """48 windows of on-grid 2-target frames and a physics object fitted to them."""
+    grid, rng = Grid(), np.random.default_rng(0)
+    cells = rng.integers(6, grid.hr_size - 6, (48, 2, 2))
+    x, y = grid.to_lr_coordinate(cells[..., 0]), grid.to_lr_coordinate(cells[..., 1])
+    brightness = rng.uniform(220, 250, (48, 2))
+    frames = render_batch(x, y, brightness).astype(np.float32)
+    hr = np.zeros((48, grid.hr_size, grid.hr_size), np.float32)
+    hr[np.arange(48)[:, None], cells[..., 0], cells[..., 1]] = brightness
+    z, maps = frames.reshape(48, -1).astype(np.float64), hr.reshape(48, -1).astype(np.float64)
+    qinit = np.linalg.lstsq(z.T @ z + 1e-3 * np.eye(z.shape[1]), z.T @ maps, rcond=None)[0].T
+    windows = Windows(np.repeat(frames[:, None], 5, axis=1), hr, np.arange(48), np.full(48, 2))
+    return PhysicsOperator(build_phi_closed_form(), qinit), windows
+
+
+def _validate(model) -> float:
+    return -float(sum(p.detach().abs().sum() for p in model.parameters()))
+
+
+def _train(method: str, folder: str) -> dict:
+    physics, windows = tiny_problem()
+    result = train_method(SPECS[method], TRAINER, physics, windows, _validate,
+                          os.path.join(folder, f"checkpoint{distributed.current().rank}.pt"),
+                          torch.device("cpu"), progress=False)
+    return {"state": result.best_state, "history": result.history}
+
+
+def _worker(rank: int, world: int, method: str, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(folder, 'rendezvous')}",
+                            rank=rank, world_size=world)
+    try:
+        result = _train(method, folder)
+        if rank == 0:
+            torch.save(result, os.path.join(folder, "ddp.pt"))
+    finally:
+        distributed.stop()
+
+
+@pytest.mark.parametrize("method", list(SPECS))
+def test_two_gloo_processes_train_like_one(method, tmp_path):
+    mp.spawn(_worker, args=(2, method, str(tmp_path)), nprocs=2, join=True)
+    parallel = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    (tmp_path / "single").mkdir()
+    single = _train(method, str(tmp_path / "single"))  # its own folder: not resumed from the DDP checkpoint
+    assert set(parallel["state"]) == set(single["state"])
+    relative = {k: float((parallel["state"][k].float() - weight.float()).abs().max() / weight.float().abs().max())
+                for k, weight in single["state"].items() if weight.is_floating_point() and weight.abs().max() > 0}
+    assert max(relative.values()) < TOLERANCE, max(relative.items(), key=lambda item: item[1])
+    moved = {k: float((single["state"][k].float() - initial.float()).abs().max() / single["state"][k].float().abs().max())
+             for k, initial in _initial_state(method).items() if k in relative}
+    assert max(moved.values()) > 10 * TOLERANCE  # the runs did train: the agreement is not of untouched weights
+    for ours, theirs in zip(parallel["history"], single["history"]):
+        assert math.isclose(ours["val_cso_map"], theirs["val_cso_map"], rel_tol=1e-5)  # process 0 validated
+    # process 0 saw only its half of each batch (its loss differs), yet the synchronised gradients
+    # took the whole batch's steps
+    assert any(ours["train_loss"] != theirs["train_loss"] for ours, theirs in zip(parallel["history"], single["history"]))
+
+
+def _initial_state(method: str) -> dict:
+    physics, _ = tiny_problem()
+    torch.manual_seed(TRAINER.seeds[0])
+    return build_method(SPECS[method], physics).state_dict()
+
+
+def test_a_single_process_has_no_world_and_shards_nothing():
+    assert distributed.current() == distributed.World(1, 0) and distributed.World().main
+    index = torch.arange(10)
+    assert torch.equal(distributed.shard(index, distributed.World()), index)
+    assert distributed.shard(index, distributed.World(2, 1)).tolist() == [1, 3, 5, 7, 9]
+    assert distributed.from_main(2.5, distributed.World()) == 2.5
+    world, device = distributed.start(torch.device("cpu"))  # WORLD_SIZE unset: no process group
+    assert world.size == 1 and device.type == "cpu" and not dist.is_initialized()
