@@ -103,3 +103,34 @@ def test_a_single_process_has_no_world_and_shards_nothing():
     assert distributed.from_main(2.5, distributed.World()) == 2.5
     world, device = distributed.start(torch.device("cpu"))  # WORLD_SIZE unset: no process group
     assert world.size == 1 and device.type == "cpu" and not dist.is_initialized()
+
+
+def test_device_placement_without_a_gpu(monkeypatch):
+    """What torchrun on GPUs does, checked with the CUDA calls stubbed: each process takes
+    cuda:LOCAL_RANK and joins with NCCL; on CPU it keeps the CPU and joins with gloo."""
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("device", device))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.setdefault("backend", backend))
+    monkeypatch.setattr(dist, "is_initialized", lambda: "backend" in calls)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    world, device = distributed.start(torch.device("cuda"))
+    assert device == torch.device("cuda", 1) and calls == {"device": device, "backend": "nccl"}
+    assert world == distributed.World(2, 1) and not world.main
+    calls.clear()
+    world, device = distributed.start(torch.device("cpu"))
+    assert device.type == "cpu" and calls == {"backend": "gloo"}
+
+
+def test_auto_device_picks_cuda_when_present(monkeypatch):
+    from pipeline.config import ConfigError
+    from pipeline.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="trainer.device = 'cuda'"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda" and resolve_device("cpu").type == "cpu"

@@ -348,3 +348,21 @@ def test_base_class_contract():
     with pytest.raises(TypeError, match="PhysicsOperator"):
         UnmixingMethod(np.zeros((GRID.n_lr, GRID.n_hr)))
     assert UnmixingMethod.trainable and UnmixingMethod.window == 1
+
+
+@pytest.mark.parametrize("name", available_models(trainable=True))
+def test_a_bf16_autocast_step_runs_on_cpu(name, physics, dataset):
+    """The trainer's mixed precision (bf16 autocast, enabled on CUDA) exercised on CPU: forward,
+    loss and backward under ``torch.autocast`` give a finite loss, float32 weights and finite
+    gradients, so dtype mixing in a method is caught without a GPU."""
+    lr, target = dataset
+    torch.manual_seed(0)
+    model = smoke(name, physics)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(lr[:4])
+        loss, _ = model.loss(output, target[:4])
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.generator_parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in model.generator_parameters())
+    assert any(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads if g is not None)
