@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.coords import Grid
+from pipeline.data import Windows
 from pipeline.methods import PhysicsOperator
-from pipeline.physics import build_phi_closed_form
+from pipeline.physics import build_phi_closed_form, render_batch
 from pipeline.sensor import Sensor
 
 SIZE, SIGMA = 11, 0.5
@@ -31,3 +32,19 @@ def fitted_physics(c: int, *, maps: int = 2000, seed: int = 0, rounded: bool = F
     if rounded:
         y = np.round(y)
     return PhysicsOperator(phi, np.linalg.solve(y.T @ y, y.T @ x).T, sensor)
+
+
+def on_grid_windows(count: int = 48, seed: int = 0) -> tuple[PhysicsOperator, Windows]:
+    """A PhysicsOperator and ``count`` windows of on-grid 2-target frames (each frame repeated 5
+    times), Q_init a ridge least-squares fit on them: a tiny training problem."""
+    grid, rng = Grid(), np.random.default_rng(seed)
+    cells = rng.integers(6, grid.hr_size - 6, (count, 2, 2))
+    x, y = grid.to_lr_coordinate(cells[..., 0]), grid.to_lr_coordinate(cells[..., 1])
+    brightness = rng.uniform(220, 250, (count, 2))
+    frames = render_batch(x, y, brightness).astype(np.float32)
+    hr = np.zeros((count, grid.hr_size, grid.hr_size), np.float32)
+    hr[np.arange(count)[:, None], cells[..., 0], cells[..., 1]] = brightness
+    z, maps = frames.reshape(count, -1).astype(np.float64), hr.reshape(count, -1).astype(np.float64)
+    qinit = np.linalg.lstsq(z.T @ z + 1e-3 * np.eye(z.shape[1]), z.T @ maps, rcond=None)[0].T
+    windows = Windows(np.repeat(frames[:, None], 5, axis=1), hr, np.arange(count), np.full(count, 2))
+    return PhysicsOperator(build_phi_closed_form(), qinit), windows

@@ -10,11 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from physics_helpers import on_grid_windows
 from pipeline import distributed
-from pipeline.coords import Grid
-from pipeline.data import Windows
-from pipeline.methods import PhysicsOperator
-from pipeline.physics import build_phi_closed_form, render_batch
 from pipeline.runtime import MethodSpec, TrainBudget, build_method
 from pipeline.training import TrainerConfig, train_method
 
@@ -30,27 +27,12 @@ SPECS = {  # batch 16 of 48 windows: three full steps an epoch, 8 windows a proc
 TOLERANCE = 1e-3
 
 
-def tiny_problem() -> tuple[PhysicsOperator, Windows]:
-    """48 windows of on-grid 2-target frames and a physics object fitted to them."""
-    grid, rng = Grid(), np.random.default_rng(0)
-    cells = rng.integers(6, grid.hr_size - 6, (48, 2, 2))
-    x, y = grid.to_lr_coordinate(cells[..., 0]), grid.to_lr_coordinate(cells[..., 1])
-    brightness = rng.uniform(220, 250, (48, 2))
-    frames = render_batch(x, y, brightness).astype(np.float32)
-    hr = np.zeros((48, grid.hr_size, grid.hr_size), np.float32)
-    hr[np.arange(48)[:, None], cells[..., 0], cells[..., 1]] = brightness
-    z, maps = frames.reshape(48, -1).astype(np.float64), hr.reshape(48, -1).astype(np.float64)
-    qinit = np.linalg.lstsq(z.T @ z + 1e-3 * np.eye(z.shape[1]), z.T @ maps, rcond=None)[0].T
-    windows = Windows(np.repeat(frames[:, None], 5, axis=1), hr, np.arange(48), np.full(48, 2))
-    return PhysicsOperator(build_phi_closed_form(), qinit), windows
-
-
 def _validate(model) -> float:
     return -float(sum(p.detach().abs().sum() for p in model.parameters()))
 
 
 def _train(method: str, folder: str) -> dict:
-    physics, windows = tiny_problem()
+    physics, windows = on_grid_windows()
     result = train_method(SPECS[method], TRAINER, physics, windows, _validate,
                           os.path.join(folder, f"checkpoint{distributed.current().rank}.pt"),
                           torch.device("cpu"), progress=False)
@@ -90,7 +72,7 @@ def test_two_gloo_processes_train_like_one(method, tmp_path):
 
 
 def _initial_state(method: str) -> dict:
-    physics, _ = tiny_problem()
+    physics, _ = on_grid_windows()
     torch.manual_seed(TRAINER.seeds[0])
     return build_method(SPECS[method], physics).state_dict()
 

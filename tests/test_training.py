@@ -9,28 +9,18 @@ from pipeline.config import ConfigError
 from pipeline.coords import Grid
 from pipeline.data import Windows
 from pipeline.methods import PhysicsOperator
-from pipeline.physics import build_phi_closed_form, render_batch
+from pipeline.physics import build_phi_closed_form
 from pipeline.runtime import MethodSpec, TrainBudget, build_method, method_spec
 from pipeline.sensor import Sensor
 from pipeline.training import TrainerConfig, TrainingError, epoch_order, seed_checkpoint, train_method
+
+from physics_helpers import on_grid_windows
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """A PhysicsOperator and 48 windows of on-grid 2-target frames (repeated 5 times)."""
-    grid, rng = Grid(), np.random.default_rng(0)
-    phi = build_phi_closed_form()
-    cells = rng.integers(6, grid.hr_size - 6, (48, 2, 2))
-    x, y = grid.to_lr_coordinate(cells[..., 0]), grid.to_lr_coordinate(cells[..., 1])
-    b = rng.uniform(220, 250, (48, 2))
-    frames = render_batch(x, y, b).astype(np.float32)
-    hr = np.zeros((48, grid.hr_size, grid.hr_size), np.float32)
-    hr[np.arange(48)[:, None], cells[..., 0], cells[..., 1]] = b
-    maps = hr.reshape(48, -1).astype(np.float64)
-    z = frames.reshape(48, -1).astype(np.float64)
-    qinit = np.linalg.lstsq(z.T @ z + 1e-3 * np.eye(121), z.T @ maps, rcond=None)[0].T
-    windows = Windows(np.repeat(frames[:, None], 5, axis=1), hr, np.arange(48), np.full(48, 2))
-    return PhysicsOperator(phi, qinit), windows
+    return on_grid_windows()
 
 
 TRAINER = TrainerConfig(device="cpu", seeds=(3,), mixed_precision=False, eval_batch=64, threads=0, val_windows=None)
