@@ -49,3 +49,12 @@ def test_readme_results_are_the_committed_table7():
             assert ours(cell) == ours(generated[label][columns.index(key)]), (label, name)
             compared += 1
     assert compared >= 10 * len(shown) // 2
+
+
+def test_readme_results_table_is_the_one_pipeline_readme_generates():
+    """`python -m pipeline.readme` leaves README unchanged: it was generated from table7."""
+    from pipeline.readme import results_table, with_results
+
+    readme = (ROOT / "README.md").read_text()
+    generated = results_table((ROOT / "reports/tables/table7.md").read_text())
+    assert with_results(readme, generated) == readme, "run: python -m pipeline.readme"
