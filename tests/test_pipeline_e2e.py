@@ -162,7 +162,7 @@ def test_two_seeds_and_a_two_process_training(fresh_clone):
     and std; then train@srcnn under torchrun (2 gloo processes) writes a loadable model. Last in
     the file: it leaves params.yaml changed."""
     dvc = [sys.executable, "-m", "dvc"]
-    _run(dvc + ["exp", "run", "evaluate@srcnn", "-S", "trainer.seeds=[0, 1]"], fresh_clone)
+    _run(dvc + ["exp", "run", "evaluate@srcnn", "-S", "trainer.seeds={laptop: [0, 1], paper: [0, 1]}"], fresh_clone)
     metrics = json.loads((fresh_clone / "reports/metrics/srcnn.json").read_text())
     assert metrics["seeds"] == 2 and set(metrics["per_seed"]) == {"0", "1"} and metrics["cso_map_std"] >= 0
     assert saved_seeds(fresh_clone / "models/srcnn.pt", "srcnn") == [0, 1]
