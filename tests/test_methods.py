@@ -1,6 +1,7 @@
 """Tests of pipeline.methods: registry, physics object, every registered method, losses."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,7 @@ def test_ista_recovers_two_separated_targets(physics, phi):
 def test_ista_batched_equals_one_by_one(physics, dataset):
     lr, _ = dataset
     lr = lr[:4].double()
-    model = get_model("ista", physics, iterations=400, tol=0.5).to(torch.float64)
+    model = get_model("ista", copy.deepcopy(physics), iterations=400, tol=0.5).to(torch.float64)
     batched = model(lr)
     steps = batched.extras["iterations"]
     assert len(set(steps.tolist())) > 1, "frames should converge at different iterations"
@@ -333,8 +334,9 @@ def test_ista_batched_equals_one_by_one(physics, dataset):
 def test_ista_faithful_returns_previous_iterate(physics, dataset):
     lr, _ = dataset
     lr = lr[:4].double()
-    fixed = get_model("ista", physics, iterations=400, tol=0.5).to(torch.float64)(lr)
-    faithful = get_model("ista", physics, iterations=400, tol=0.5,
+    own = copy.deepcopy(physics)  # .to(float64) converts the physics submodule in place: not the shared one
+    fixed = get_model("ista", own, iterations=400, tol=0.5).to(torch.float64)(lr)
+    faithful = get_model("ista", own, iterations=400, tol=0.5,
                          faithful_return_previous=True).to(torch.float64)(lr)
     converged = fixed.extras["iterations"] < 400
     assert converged.any()
@@ -357,7 +359,8 @@ def test_a_bf16_autocast_step_runs_on_cpu(name, physics, dataset):
     gradients, so dtype mixing in a method is caught without a GPU."""
     lr, target = dataset
     torch.manual_seed(0)
-    model = smoke(name, physics)
+    model = smoke(name, copy.deepcopy(physics))
+    assert model.physics.phi.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(lr[:4])
         loss, _ = model.loss(output, target[:4])
