@@ -254,7 +254,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Path) -> None:
+def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Path, title: str = "") -> None:
     """CSO-mAP against training windows (log scale), a line per method, each method's published
     Table VII value dashed: ``table`` from :func:`collect` with ``params``."""
     import matplotlib
@@ -266,7 +266,7 @@ def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Pat
     for index, (method, rows) in enumerate(done.groupby("method", sort=False)):
         rows = rows.sort_values("train_windows")
         color = f"C{index}"
-        spread = rows["cso_map_std"].fillna(0.0) if "cso_map_std" in rows else 0.0
+        spread = pd.to_numeric(rows["cso_map_std"], errors="coerce").fillna(0.0) if "cso_map_std" in rows else 0.0
         axes.errorbar(rows["train_windows"], rows["cso_map"], yerr=spread, marker="o", color=color, label=method)
         if method in published:
             axes.axhline(published[method], color=color, linestyle="--", linewidth=1,
@@ -274,6 +274,7 @@ def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Pat
     axes.set_xscale("log")
     axes.set_xlabel("training windows seen (epochs x windows per epoch)")
     axes.set_ylabel("test CSO-mAP")
+    axes.set_title(title, fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -386,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 paper = (pd.read_csv(args.table7).set_index("method_id")["cso_map"].to_dict()
                          if args.table7.is_file() else {})
                 figure = Path("reports/figures") / f"{group.name}.png"
-                budget_figure(table, paper, figure)
+                profile = resolve_profile(params).get("profile", "laptop")
+                budget_figure(table, paper, figure, f"{group.name}: CSO-mAP against training budget ({profile} profile)")
                 print(f"{figure}: CSO-mAP against training windows")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
