@@ -35,6 +35,7 @@ import yaml
 
 from pipeline.config import ConfigError, read_params, require, resolve_profile
 from pipeline.io import atomic_path
+from pipeline.reports import score_cell
 
 AP_COLUMNS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
 FIGURES = ("budget",)  # a group's optional figure: CSO-mAP against training windows, one line per method
@@ -235,11 +236,8 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
     """Markdown: ours (published) per AP column, mean ± std where several seeds ran, then the
     commit and command that made the row; the method and training windows when the table has them."""
     def cell(row, column) -> str:
-        ours, spread, paper = row[column], row.get(f"{column}_std"), row[f"{column}_published"]
-        text = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
-        if spread is not None and not pd.isna(spread) and row.get("seeds", 1) > 1:
-            text += f" ± {spread:.2f}"
-        return text + ("" if paper is None or pd.isna(paper) else f" ({paper:.2f})")
+        spread = row.get(f"{column}_std") if row.get("seeds", 1) > 1 else None
+        return score_cell(row[column], row[f"{column}_published"], spread)
 
     budget = "train_windows" in table.columns
     header = ["Table", "Row", *(["Method", "Training windows"] if budget else []),

@@ -71,11 +71,11 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.0f}{unit}"
 
 
-def _pair(ours: float | None, paper: float | None, spread: float | None = None) -> str:
+def score_cell(ours: float | None, paper: float | None, spread: float | None = None) -> str:
     """'ours (paper)' with two decimals, 'mean ± std (paper)' with a ``spread`` over seeds; '—'
     for a missing side."""
     left = "—" if ours is None or pd.isna(ours) else f"{ours:.2f}"
-    if spread is not None and left != "—":
+    if spread is not None and not pd.isna(spread) and left != "—":
         left += f" ± {spread:.2f}"
     right = "" if paper is None or pd.isna(paper) else f" ({paper:.2f})"
     return left + right
@@ -122,7 +122,7 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         }
         several = ours.get("seeds", 1) > 1
         for key in ("cso_map",) + AP_KEYS:
-            row[key] = _pair(ours.get(key), None if paper is None else float(paper[key]),
+            row[key] = score_cell(ours.get(key), None if paper is None else float(paper[key]),
                              ours.get(f"{key}_std") if several else None)
         row["psnr"] = f"{ours['psnr']:.2f}" if "psnr" in ours else "—"
         row["ssim"] = f"{ours['ssim']:.4f}" if "ssim" in ours else "—"
