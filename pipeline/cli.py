@@ -22,6 +22,7 @@ INPUTS = {
     "noise_dir": "folder of per-method noise-sweep JSON",
     "oracle": "grid-oracle JSON",
     "crb": "Cramér-Rao bound JSON (stage crb)",
+    "priors": "scene priors JSON of the training split (stage priors)",
     "reference": "published Table VII CSV",
 }
 DATASET = ("frames", "targets", "split")

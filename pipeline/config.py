@@ -20,6 +20,7 @@ PROFILES = ("laptop", "paper")  # scale profiles: a mapping with exactly these k
 
 CURVE_TYPES = ("line", "quadratic", "circle")
 BACKGROUNDS = ("none", "clutter", "images")  # what the targets are pasted on (paper Table IV)
+LAYOUTS = ("arms", "disc")  # targets on distinct compass arms of the reference point, or anywhere in a disc
 BIT_DEPTHS = (0, 8, 16)
 DATA_SOURCES = ("simulate", "official")
 QINIT_MEASUREMENTS = ("frames", "phi_gt")
@@ -201,6 +202,7 @@ class SimulateConfig:
     background: str
     background_dir: str | None
     clutter: ClutterConfig
+    layout: str = "arms"
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "simulate") -> "SimulateConfig":
@@ -227,6 +229,7 @@ class SimulateConfig:
             "background": lambda k, v: check_choice(k, v, BACKGROUNDS),
             "background_dir": lambda k, v: v,
             "clutter": lambda k, v: ClutterConfig.from_section(v, k),
+            "layout": lambda k, v: check_choice(k, v, LAYOUTS),
         })
         require(config.background != "images" or (isinstance(config.background_dir, str) and config.background_dir),
                 f"{name}.background_dir", config.background_dir,
@@ -375,6 +378,81 @@ class CrbConfig:
     def from_section(cls, given: Mapping, name: str = "crb") -> "CrbConfig":
         return build_config(cls, name, given, {"draws": lambda k, v: check_integer(k, v, 1),
                                                "seed": lambda k, v: check_integer(k, v, 0)})
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorsConfig:
+    """Scene priors from the training split (pipeline/priors.py): the PSF std is fitted on
+    ``psf_frames`` training frames."""
+
+    psf_frames: int
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "priors") -> "PriorsConfig":
+        return build_config(cls, name, given, {"psf_frames": lambda k, v: check_integer(k, v, 1)})
+
+
+def _merged(base: Mapping, change: Mapping) -> dict:
+    """``base`` with the keys of ``change`` replaced, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in change.items():
+        out[key] = _merged(base[key], value) if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) else value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StressConfig:
+    """Scene shifts for the stress table: each shift changes some keys of the ``simulate`` and
+    ``sensor`` sections; ``trajectories`` test trajectories are simulated per shift with ``seed``
+    (data no method has seen) and one window in ``window_stride`` of each is scored by PhysFit
+    and the trained ``network`` (a ``methods`` key; trained on the default data; the physics they
+    receive keeps the default sensor). ``shifts`` maps a row label to
+    ``{simulate: {...}, sensor: {...}}`` (either may be left out)."""
+
+    network: str
+    trajectories: int
+    window_stride: int
+    seed: int
+    shifts: tuple[tuple[str, Mapping, Mapping], ...]
+
+    @classmethod
+    def from_section(cls, given: Mapping, name: str = "stress", methods: Sequence[str] = ()) -> "StressConfig":
+        """``methods``: the method ids the network must be one of (not checked when empty)."""
+        def network(key, value):
+            require(isinstance(value, str), key, value, "a method id (a key of methods)")
+            if methods:
+                check_choice(key, value, tuple(methods))
+            return value
+
+        def shifts(key, value):
+            require(isinstance(value, Mapping) and len(value) > 0, key, value,
+                    "a mapping of row label -> {simulate: {...}, sensor: {...}}")
+            rows = []
+            for label, change in value.items():
+                require(isinstance(change, Mapping) and set(change) <= {"simulate", "sensor"}, f"{key}.{label}",
+                        change, "a mapping with the keys simulate and/or sensor")
+                for part in ("simulate", "sensor"):
+                    require(isinstance(change.get(part, {}), Mapping), f"{key}.{label}.{part}", change.get(part),
+                            "a mapping of keys of that section")
+                rows.append((str(label), dict(change.get("simulate", {})), dict(change.get("sensor", {}))))
+            return tuple(rows)
+
+        return build_config(cls, name, given, {"network": network,
+                                               "trajectories": lambda k, v: check_integer(k, v, 1),
+                                               "window_stride": lambda k, v: check_integer(k, v, 1),
+                                               "seed": lambda k, v: check_integer(k, v, 0),
+                                               "shifts": shifts})
+
+    def scenes(self, simulate: Mapping, sensor: Mapping, name: str = "stress") -> list[tuple[str, "SimulateConfig", Mapping]]:
+        """(label, shifted simulate config, shifted sensor section) per shift, every value checked
+        (a bad one is a ConfigError naming ``stress.shifts.<label>.<section>.<key>``)."""
+        out = []
+        for label, scene, recorder in self.shifts:
+            where = f"{name}.shifts.{label}"
+            config = SimulateConfig.from_section(
+                _merged(simulate, {**scene, "seed": self.seed, "trajectories": self.trajectories}), f"{where}.simulate")
+            out.append((label, config, _merged(sensor, recorder)))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from pipeline.config import (ConfigError, build_config, check_choice, check_integer, check_number, require)
 from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
 from pipeline.methods.registry import method_module
+from pipeline.priors import ScenePriors
 from pipeline.stage_io import load_state
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -174,18 +175,29 @@ def build_method(spec: MethodSpec, physics: PhysicsOperator, device: torch.devic
     return model.to(device)
 
 
+def _prior_objects(spec: MethodSpec, priors: ScenePriors | None) -> dict:
+    """The ``priors`` constructor argument of a method that uses the scene priors."""
+    if not method_class(spec.name).uses_scene_priors:
+        return {}
+    if priors is None:
+        raise ConfigError(f"method {spec.id} needs the scene priors of the training split (stage priors, --priors)")
+    return {"priors": priors}
+
+
 def build_for_evaluation(method_id: str, methods: Mapping, physics: PhysicsOperator, models: str | Path,
-                         device: torch.device | str = "cpu", seed: int | None = None) -> UnmixingMethod:
+                         device: torch.device | str = "cpu", seed: int | None = None,
+                         priors: ScenePriors | None = None) -> UnmixingMethod:
     """A method ready to score: a ``methods`` entry with its trained weights from
     ``models``/<id>.pt (those of training ``seed``, default the first), or ``physfit_<network>``
-    (``methods.physfit`` seeded by that network)."""
+    (``methods.physfit`` seeded by that network). ``priors``: the scene priors (stage priors),
+    given to the methods that use them."""
     network = proposal_of(method_id, methods)
     if network is not None:
-        proposal = build_for_evaluation(network, methods, physics, models, device, seed)
+        proposal = build_for_evaluation(network, methods, physics, models, device, seed, priors)
         spec = method_spec(methods, PROPOSAL_METHOD)
-        return build_method(spec, physics, device, proposal=proposal)
+        return build_method(spec, physics, device, proposal=proposal, **_prior_objects(spec, priors))
     spec = method_spec(methods, method_id)
-    model = build_method(spec, physics, device)
+    model = build_method(spec, physics, device, **_prior_objects(spec, priors))
     if spec.trainable:
         load_state(model, spec.id, model_path(models, spec.id), seed)
     return model

@@ -3,14 +3,17 @@
 Per trajectory: a reference point starts at (x0, f(x0)), x0 an integer off the image border, and
 moves ``step`` px per frame along x (forwards if x0 is left of the centre, else backwards),
 staying on a random curve f (line, quadratic, circle arc). K targets sit in K distinct compass
-directions at ``distance`` px from it and drift outward by U(0, ``drift_max``) px each frame.
+directions at ``distance`` px from it (``layout: arms``; or, ``layout: disc``, at uniform random
+points of the disc of radius ``distance`` around it) and drift outward by U(0, ``drift_max``) px
+each frame.
 Frames are rendered from the continuous positions with the closed-form pixel integral, then the
 sensor model adds Gaussian noise and quantises. Optionally the targets sit on a background
 (``background``: a seeded synthetic clutter field, or random crops of the user's own infrared
 images), fixed per trajectory and added before the sensor. Everything is vectorised over
 trajectories and frames; the scene's random draws come from one ``numpy.random.Generator`` seeded
 by ``seed``, the background's from a second one seeded by ``[seed, 1]`` (so a dataset without a
-background is the same with or without this option).
+background is the same with or without this option) and the disc layout's from a third, ``[seed, 2]``
+(the same trajectories, counts and brightness as the arms layout, only the targets placed otherwise).
 """
 from __future__ import annotations
 
@@ -63,6 +66,15 @@ def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndar
     for name, values in by_type.items():
         offsets = np.where((names == name)[:, None], values, offsets)
     return offsets
+
+
+def _disc_layout(config: SimulateConfig, n: int, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Directions (T, K, 2) and starting radii (T, 1, K) of targets uniform in the disc of radius
+    ``distance`` around the reference point (seeded by ``[seed, 2]``)."""
+    rng = np.random.default_rng([config.seed, 2])
+    angle = rng.uniform(0.0, 2.0 * np.pi, (n, k_max))
+    radius = config.distance * np.sqrt(rng.random((n, 1, k_max)))
+    return np.stack([np.cos(angle), np.sin(angle)], axis=2), radius
 
 
 def clutter_backgrounds(clutter: ClutterConfig, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -128,7 +140,10 @@ def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndar
     direction = DIRECTIONS[direction_index]  # (T, K, 2)
     drift = rng.uniform(0.0, config.drift_max, (n, frames, k_max))
     drift[:, 0] = 0.0
-    radius = config.distance + np.cumsum(drift, axis=1)  # (T, F, K)
+    start = np.full((n, 1, k_max), config.distance)
+    if config.layout == "disc":
+        direction, start = _disc_layout(config, n, k_max)
+    radius = start + np.cumsum(drift, axis=1)  # (T, F, K)
     brightness = rng.uniform(*config.brightness, (n, k_max))
     active = np.arange(k_max)[None, :] < n_targets[:, None]  # (T, K)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from pipeline.data import Windows, load_split, make_windows
-from pipeline.io import DataFileError, atomic_path, load_array
+from pipeline.io import DataFileError, atomic_path, load_array, read_json
 from pipeline.methods import PhysicsOperator, UnmixingMethod
+from pipeline.priors import ScenePriors
 from pipeline.sensor import Sensor
 
 
@@ -22,6 +23,11 @@ def load_physics(phi_path: str | Path, qinit_path: str | Path, sensor: Sensor) -
         return PhysicsOperator(phi, qinit, sensor)
     except ValueError as exc:
         raise DataFileError(f"{phi_path} / {qinit_path}: {exc}") from exc
+
+
+def load_priors(path: str | Path) -> ScenePriors:
+    """The scene priors written by the priors stage."""
+    return ScenePriors.from_dict(read_json(path), str(path))
 
 
 def load_windows(frames: str | Path, targets: str | Path, split: str | Path, split_name: str,

@@ -15,7 +15,7 @@ from pipeline.evaluation import combine_seeds, evaluate_method, pack_detections
 from pipeline.io import atomic_path, write_json
 from pipeline.runtime import build_for_evaluation, model_path, resolve_device, trained_network
 from pipeline.sensor import Sensor
-from pipeline.stage_io import load_physics, load_windows, saved_seeds
+from pipeline.stage_io import load_physics, load_priors, load_windows, saved_seeds
 from pipeline.training import TrainerConfig
 
 
@@ -26,13 +26,14 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(trainer.device)
     physics = load_physics(args.phi, args.qinit, Sensor.from_section(section(params, "sensor")))
     methods = section(params, "methods")
+    priors = load_priors(args.priors)
     network = trained_network(args.method, methods)
     seeds = [None] if network is None else saved_seeds(model_path(args.models, network), network)
     test, truths = load_windows(args.frames, args.targets, args.split, "test", physics, evaluate.window,
                                 evaluate.window_stride)
     scored = []
     for seed in seeds:
-        model = build_for_evaluation(args.method, methods, physics, args.models, device, seed)
+        model = build_for_evaluation(args.method, methods, physics, args.models, device, seed, priors)
         scored.append(evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch, progress=True))
     metrics = combine_seeds([result[0] for result in scored], seeds)
     _, curves, maps, detections = scored[0]
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     run_stage(main, stage_parser(
-        __file__, __doc__, inputs=PHYSICS + DATASET + ("models",),
+        __file__, __doc__, inputs=PHYSICS + DATASET + ("models", "priors"),
         method="a key of params.yaml methods, or physfit_<network>",
         outputs={"metrics": "metrics JSON output", "curves": "PR-curve CSV output",
                  "predictions": "test HR maps and detections (.npz) output"}))

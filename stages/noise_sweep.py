@@ -19,7 +19,7 @@ from pipeline.io import read_table, write_json
 from pipeline.runtime import build_for_evaluation, resolve_device
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
-from pipeline.stage_io import load_physics
+from pipeline.stage_io import load_physics, load_priors
 from pipeline.training import TrainerConfig
 
 
@@ -45,12 +45,14 @@ def main(args: argparse.Namespace) -> None:
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     device = resolve_device(trainer.device)
     base = load_physics(args.phi, args.qinit, sensor)
+    priors = load_priors(args.priors)
     rows = []
     for sigma in sweep.sigmas:
         physics = base.with_sensor(sensor.with_noise(sigma))
         test = noisy_test_split(sigma, data, scene, sensor, sweep.seed, args)
         windows = make_windows(test, physics.grid, evaluate.window, sweep.window_stride)
-        model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device)
+        model = build_for_evaluation(args.method, section(params, "methods"), physics, args.models, device,
+                                     priors=priors)
         metrics = evaluate_method(model, windows, test.frame_targets(windows.t, windows.f), evaluate, device,
                                   trainer.eval_batch)[0]
         rows.append({"noise_sigma": sigma, "windows": len(windows), "cso_map": metrics["cso_map"],
@@ -59,6 +61,6 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__file__, __doc__, inputs=PHYSICS + DATASET + ("models",),
+    run_stage(main, stage_parser(__file__, __doc__, inputs=PHYSICS + DATASET + ("models", "priors"),
                                  method="a key of params.yaml methods, or physfit_<network>",
                                  outputs={"out": "this method's sweep JSON output"}))

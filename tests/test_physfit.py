@@ -15,6 +15,7 @@ from pipeline.methods import PhysicsOperator, get_model, physfit
 from pipeline.methods.physfit.forward_model import motion_basis
 from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks, evaluate
 from pipeline.physics import build_phi_closed_form, pixel_integral_1d, render_batch
+from pipeline.priors import ScenePriors
 from pipeline.sensor import Sensor
 
 PHI = build_phi_closed_form(11, 3, 0.5)  # the physics' sampling matrix the pursuit searches
@@ -377,3 +378,99 @@ def test_constant_background_is_fitted_jointly():
     assert np.mean(without.k == 3) < np.mean(with_level.k == 3)
     with pytest.raises(ValueError, match="background"):
         settings_for(8, background="plane")
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene priors and robustness: K beyond the training range, backgrounds, brightness, PSF width
+# ------------------------------------------------------------------------------------------------
+
+def scene_priors(**fields) -> ScenePriors:
+    """Priors as the priors stage measures them on the default training split."""
+    base = dict(brightness_low=220.3, brightness_high=249.7, k_min=2, k_max=4, spread=0.306, separation=0.434,
+                psf_sigma=0.5, background=0.0, frames=1000, targets=3000)
+    return ScenePriors(**{**base, **fields})
+
+
+def test_settings_for_scene_take_the_scene_from_the_priors_only():
+    s = physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=6, spread=0.2), k_limit=8)
+    assert (s.brightness_min, s.brightness_max) == (220.3, 249.7)
+    assert s.brightness_limits == pytest.approx((220.3 / 4, 249.7 * 4))
+    assert (s.k_max, s.k_top, s.template_radius) == (7, 8, 0.2)
+    assert s.dim_brightness == pytest.approx(110.15)
+    assert physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=8), k_limit=8).k_max == 8
+    with pytest.raises(ValueError, match="brightness_headroom"):
+        physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(), brightness_headroom=0.5)
+    with pytest.raises(ValueError, match="k_limit"):
+        settings_for(8, k_max=5, k_limit=4)
+
+
+def test_counts_above_k_max_are_tried_where_the_largest_k_wins():
+    """Five targets on float frames (a cross of 0.45 px with one in its middle) with K tried to 3
+    and up to 6 beyond: the count is found and every target within 0.1 px; the extension is not
+    fitted for frames whose best K is below the largest tried."""
+    pos, b = groups(6, 4, seed=150, radius=0.45)
+    extra = pos.mean(axis=1, keepdims=True)  # a fifth target in the middle of the cross
+    pos = np.concatenate([pos, extra], axis=1)
+    b = np.concatenate([b, b[:, :1]], axis=1)
+    frames = render_batch(pos[..., 0], pos[..., 1], b)
+    s = settings_for(0, k_max=3, k_limit=6)
+    result = fit_frames_detailed(frames, s)
+    assert list(result.k_values) == [1, 2, 3, 4, 5, 6]
+    assert np.all(result.k == 5)
+    assert np.max(max_matched_error(result.detections, pos)) < 0.1
+    pos2, b2 = groups(4, 2, seed=151)
+    two = fit_frames_detailed(render_batch(pos2[..., 0], pos2[..., 1], b2), s)
+    assert np.all(two.k == 2) and np.all(np.isinf(two.chi2[:, 3:]))
+
+
+def test_auto_background_fits_a_level_only_where_there_is_one():
+    windows, pos = trajectories(8, 3, noise=0.0, seed=160)
+    lifted = windows.copy()
+    lifted[4:] = np.clip(lifted[4:] + 25.0, 0.0, 255.0)
+    result = fit_windows_detailed(lifted, settings_for(8, background="auto"))
+    assert np.all(result.k == 3)
+    assert np.median(max_matched_error(result.detections, pos[:, 2])) < 0.03
+    levels = np.array([result.params[k][i, -1] for i, k in enumerate(result.k)])
+    np.testing.assert_allclose(levels[:4], 0.0)
+    np.testing.assert_allclose(levels[4:], 25.0, atol=0.5)
+
+
+def test_dim_targets_are_fitted_beyond_the_brightness_box_when_the_data_demand_it():
+    """Brightness 132-150 against a 220-250 box: the box alone cannot fit them; with the wider
+    limits the rejected fits are redone: the count, and most positions, come out right."""
+    windows, pos = trajectories(6, 3, noise=0.0, seed=170)
+    dim = np.clip(np.round(windows * 0.6), 0.0, 255.0)  # every brightness x 0.6: 132-150
+    boxed = settings_for(8, brightness_min=220.0, brightness_max=250.0)
+    relaxed = dataclasses.replace(boxed, brightness_limits=(55.0, 1000.0))
+    box_only = fit_windows_detailed(dim, boxed)
+    result = fit_windows_detailed(dim, relaxed)
+    assert np.all(result.k == 3)
+    error, box_error = (max_matched_error(r.detections, pos[:, 2]) for r in (result, box_only))
+    assert np.median(error) < 0.06 and np.mean(error < 0.1) >= 0.8
+    assert np.mean(box_error < 0.1) < np.mean(error < 0.1)
+
+
+def test_dim_detections_rank_below_plausible_ones():
+    windows, _ = trajectories(4, 3, noise=0.0, seed=175)
+    plain = fit_windows_detailed(windows, settings_for(8))
+    ranked = fit_windows_detailed(windows, settings_for(8, dim_brightness=1000.0))  # every target "dim"
+    for a, b, bright in zip(plain.detections, ranked.detections, ranked.brightness):
+        order_a, order_b = np.argsort(a[:, 0]), np.argsort(b[:, 0])  # the same targets, maybe reordered
+        np.testing.assert_allclose(b[order_b, 2], a[order_a, 2] * (bright[order_b] / 1000.0) ** 2, rtol=1e-9)
+
+
+def test_psf_calibration_finds_a_wider_psf_and_keeps_the_right_one():
+    pos, b = groups(32, 3, seed=180)
+    make = lambda sigma: np.clip(np.round(render_batch(pos[..., 0], pos[..., 1], b, 11, sigma)), 0, 255)[:, None]
+    s = settings_for(8, calibration_windows=16)
+    assert physfit.calibrate_psf(make(0.5), s, phi=PHI, multi_frame=False) == 0.5
+    assert physfit.calibrate_psf(make(0.55), s, phi=PHI, multi_frame=False) == pytest.approx(0.55, abs=0.01)
+
+
+def test_method_uses_the_priors_and_reports_its_psf(physics3):
+    method = get_model("physfit", physics3, priors=scene_priors(), multi_frame=False, k_limit=6,
+                       psf_calibration=True, calibration_windows=4)
+    assert method.settings.brightness_min == 220.3 and method.settings.k_top == 6
+    windows, _ = trajectories(4, 2, noise=0.0, seed=190)
+    out = method(torch.from_numpy(windows).float())
+    assert method.calibrated_sigma == 0.5 and out.extras["psf_sigma"] == 0.5

@@ -47,6 +47,8 @@ def fresh_clone(tmp_path_factory) -> Path:
             entry["train"].update(epochs=1, windows_per_epoch=64)
     params["methods"]["ista"]["model"]["iterations"] = 20
     params["noise_sweep"]["window_stride"] = 8
+    params["stress"]["trajectories"] = 4
+    params["stress"]["shifts"] = dict(list(params["stress"]["shifts"].items())[:2])
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (clone / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], clone)

@@ -196,3 +196,22 @@ def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_disc_layout_moves_only_the_targets(small_simulate, sensor):
+    """layout: disc puts the targets anywhere within `distance` of the reference point (not on
+    arms at a common radius); the trajectories, counts and brightness are those of the arms layout."""
+    def arrays(**change):
+        return simulate_arrays(SimulateConfig.from_section({**small_simulate, **change}), sensor)
+
+    arms, disc = arrays(), arrays(layout="disc", distance=0.5)
+    reference = arrays(distance=0.0)  # every target on the reference point
+    for key in ("brightness", "active", "n_targets"):
+        np.testing.assert_array_equal(arms[key], disc[key])
+    active = arms["active"][:, 0]
+    offset = np.hypot(disc["x"][:, 0] - reference["x"][:, 0], disc["y"][:, 0] - reference["y"][:, 0])[active]
+    on_arms = np.hypot(arms["x"][:, 0] - reference["x"][:, 0], arms["y"][:, 0] - reference["y"][:, 0])[active]
+    np.testing.assert_allclose(on_arms, 0.3)
+    assert offset.max() <= 0.5 and offset.std() > 0.05
+    with pytest.raises(ConfigError, match="simulate.layout"):
+        SimulateConfig.from_section({**small_simulate, "layout": "ring"})

@@ -106,6 +106,8 @@ class UnmixingMethod(nn.Module):
     """Base of every method: LR windows (B, W, m, m) in, :class:`MethodOutput` out.
 
     ``trainable``: whether the method has parameters to fit (False for the classic solvers).
+    ``uses_scene_priors``: whether the method is built with the scene priors of the training
+    split (keyword ``priors``, a :class:`pipeline.priors.ScenePriors`, passed by the stages).
     ``window``: how many frames of the window the method uses (1 = single-frame, which uses only
     the middle frame; the caller always passes odd windows, 5 frames in the SeqCSIST protocol).
     ``family`` and ``label``: where the method sits in the paper's tables and its display name
@@ -120,6 +122,7 @@ class UnmixingMethod(nn.Module):
     """
 
     trainable: bool = True
+    uses_scene_priors: bool = False
     window: int = 1
     family: str = "other"
     label: str = ""

@@ -25,7 +25,7 @@ model of :mod:`pipeline.physics`, with x the ROW and y the COLUMN in LR px (pixe
 
 Everything is a function of arrays; no file I/O.
 """
-from pipeline.methods.physfit.fit import fit_frames, fit_frames_detailed, fit_windows, fit_windows_detailed
+from pipeline.methods.physfit.fit import calibrate_psf, fit_frames, fit_frames_detailed, fit_windows, fit_windows_detailed
 from pipeline.methods.physfit.forward_model import pixel_integral_derivative_1d, render_with_jacobian
 from pipeline.methods.physfit.method import PhysFit
 from pipeline.methods.physfit.proposals import greedy_pursuit, starts_from_hr_maps
@@ -33,6 +33,7 @@ from pipeline.methods.physfit.settings import FitResult, PhysFitSettings
 
 __all__ = [
     "FitResult",
+    "calibrate_psf",
     "PhysFit",
     "PhysFitSettings",
     "fit_frames",

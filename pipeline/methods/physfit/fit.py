@@ -133,6 +133,8 @@ def _finish(problems: dict[int, Problem], modes: dict[int, torch.Tensor], mode_c
         sd = torch.sqrt((var[:, :k] + var[:, k:2 * k]).clamp(min=0.0) * inflate[:, None])  # (n, K)
         support = _support(_positions(theta, k), frames_k, modes, weights, ks, s)  # (n, K)
         score = support * (1.0 - s.score_sd_weight * sd / (sd + s.score_scale))
+        if s.dim_brightness > 0:
+            score = score * (theta[:, 2 * k:3 * k] / s.dim_brightness).clamp(max=1.0) ** 2
         th, sc, sdn = theta.numpy(), score.numpy(), sd.numpy()
         for row, frame in enumerate(frames_k.tolist()):
             order = np.argsort(-sc[row], kind="stable")
@@ -164,6 +166,68 @@ def _merge(results: list[FitResult], s: PhysFitSettings) -> FitResult:
         k_values=first.k_values,
         params={k: np.concatenate([r.params[k] for r in results]) for k in first.params},
     )
+
+
+def _reorder(parts: list[tuple[np.ndarray, FitResult]], n: int, s: PhysFitSettings) -> FitResult:
+    """One FitResult for n items from results of disjoint subsets (rows, result); parameter
+    vectors without a background level get a level of 0 (the same model)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    rows = np.concatenate([r for r, _ in parts])
+    order = np.empty(n, dtype=np.int64)
+    order[rows] = np.arange(n)
+    widths = {k: max(result.params[k].shape[1] for _, result in parts) for k in parts[0][1].params}
+    merged = _merge([dataclasses.replace(result, params={
+        k: np.pad(v, ((0, 0), (0, widths[k] - v.shape[1]))) for k, v in result.params.items()}) for _, result in parts], s)
+    return merged.take(order)
+
+
+def unclipped_pixels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
+    """(F,) pixels of each frame (or window) strictly inside the sensor's range: about the
+    expected whitened cost of a fit that explains the data (clipped pixels add almost nothing)."""
+    inside = np.ones(frames.shape, dtype=bool)
+    if s.saturation_aware and s.floor is not None:
+        inside &= frames > s.floor
+    if s.saturation_aware and s.full_scale is not None:
+        inside &= frames < s.full_scale
+    return np.maximum(inside.reshape(len(frames), -1).sum(axis=1), 1)
+
+
+def _relaxing(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
+    """``fit_subset(rows, settings)`` within the brightness box, then, where the data reject the
+    fit (whitened cost above ``relax_misfit`` times the unclipped pixels), again within the wider
+    ``brightness_limits``; per item the fit with the lower BIC is kept."""
+    n = len(frames)
+    first = fit_subset(np.arange(n), s)
+    if s.brightness_limits is None:
+        return first
+    rows = np.flatnonzero(first.misfit() > s.relax_misfit * unclipped_pixels(frames, s))
+    if rows.size == 0:
+        return first
+    low, high = s.brightness_limits
+    wide = fit_subset(rows, dataclasses.replace(s, brightness_min=low, brightness_max=high, brightness_limits=None))
+    better = wide.bic.min(axis=1) < first.bic[rows].min(axis=1)
+    keep = np.setdiff1d(np.arange(n), rows[better])
+    parts = [(keep, first.take(keep)), (rows[better], wide.take(np.flatnonzero(better)))]
+    return _reorder([(r, part) for r, part in parts if r.size], n, s)
+
+
+def _by_background_model(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
+    """``fit_subset(rows, settings)`` over all frames (or windows), with ``background="auto"``
+    resolved per item: a constant level where the median pixel exceeds the floor by more than
+    ``background_threshold``, none elsewhere."""
+    n = len(frames)
+
+    def fit_relaxing(rows: np.ndarray, sub: PhysFitSettings) -> FitResult:
+        return _relaxing(frames[rows], sub, lambda inner, settings: fit_subset(rows[inner], settings))
+
+    if s.background != "auto":
+        return fit_relaxing(np.arange(n), s)
+    median = np.median(frames.reshape(n, -1), axis=1)
+    lifted = median > (s.floor or 0.0) + s.background_threshold
+    parts = [(rows, fit_relaxing(rows, dataclasses.replace(s, background=model)))
+             for rows, model in ((np.flatnonzero(~lifted), "none"), (np.flatnonzero(lifted), "constant")) if rows.size]
+    return _reorder(parts, n, s)
 
 
 def _as_proposals(starts, n: int) -> list[np.ndarray]:
@@ -220,6 +284,8 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
                        proposals: list[np.ndarray], keep: int, jitter: dict[int, np.ndarray]):
     """Multi-start single-frame LM for every K (jitter from :func:`draw_jitter`, rows of these frames).
 
+    K = k_min..k_max is fitted on every frame; then K = k_max + 1, ..., k_top, each only on the
+    frames whose best K (by BIC) so far is the largest tried (the others get cost +inf).
     Returns problems (K -> Problem over the F frames, no prior attached), modes (K -> (F, keep, D))
     and their costs (K -> (F, keep)), see :func:`_distinct_modes`.
     """
@@ -231,23 +297,40 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
     centroid = centroids(targets_only, s)
     if s.use_pursuit:
         full_scale = s.full_scale if s.saturation_aware else None
-        proposals = [greedy_pursuit(targets_only, phi, s.k_max,
+        proposals = [greedy_pursuit(targets_only, phi, s.k_top,
                                     full_scale=None if full_scale is None else full_scale - level)] + list(proposals)
     problems, modes, costs = {}, {}, {}
-    for k in s.k_values:
+
+    def fit_k(k: int, rows: np.ndarray) -> None:
         problem = Problem(data, high, low, k, basis, s)
         problems[k] = problem
-        starts = collect_starts(k, centroid, proposals, s, jitter[k])  # (F, S, K, 2)
-        n_starts = starts.shape[1]
-        pos = torch.from_numpy(starts.reshape(f * n_starts, k, 2))
-        rep = torch.arange(f).repeat_interleave(n_starts)
+        starts = collect_starts(k, centroid[rows], [p[rows] for p in proposals], s, jitter[k][rows])  # (n, S, K, 2)
+        n, n_starts = starts.shape[:2]
+        pos = torch.from_numpy(starts.reshape(n * n_starts, k, 2))
+        rep = torch.from_numpy(rows).repeat_interleave(n_starts)
         expanded = problem.subset(rep).with_prior(assign_directions(pos, s))
         level0 = torch.from_numpy(level)[rep]
         b0 = initial_brightness(expanded, pos, level0, s)
         theta0 = torch.cat([pos[..., 0], pos[..., 1], b0, level0[:, None][:, :s.n_background]], dim=1)
         theta, cost = fit_batched(expanded, theta0, s)
-        modes[k], costs[k] = _distinct_modes(theta.reshape(f, n_starts, -1), cost.reshape(f, n_starts),
-                                             k, s, keep)
+        found, found_cost = _distinct_modes(theta.reshape(n, n_starts, -1), cost.reshape(n, n_starts), k, s, keep)
+        modes[k] = torch.zeros((f, keep, found.shape[2]), dtype=found.dtype)
+        costs[k] = torch.full((f, keep), math.inf, dtype=found_cost.dtype)
+        modes[k][rows], costs[k][rows] = found, found_cost
+
+    every = np.arange(f)
+    for k in s.k_values:
+        fit_k(k, every)
+    for k in range(s.k_max + 1, s.k_top + 1):
+        ks = sorted(costs)
+        bic = torch.stack([_bic(costs[j][:, 0], s.size * s.size, _n_params(j, 0, s), s) for j in ks], dim=1)
+        rows = (bic.argmin(dim=1) == len(ks) - 1).nonzero()[:, 0].numpy()
+        if rows.size == 0:  # no frame needs more targets: K stays unfitted (cost +inf) for all
+            problems[k] = Problem(data, high, low, k, basis, s)
+            modes[k] = torch.zeros((f, keep, 3 * k + s.n_background), dtype=data.dtype)
+            costs[k] = torch.full((f, keep), math.inf, dtype=data.dtype)
+        else:
+            fit_k(k, rows)
     return problems, modes, costs
 
 
@@ -272,8 +355,12 @@ def fit_frames_detailed(frames: np.ndarray, settings: PhysFitSettings | None = N
         raise ValueError(f"frames must be (F, {s.size}, {s.size}), got {frames.shape}")
 
     def fit_block(block: slice, proposals: list[np.ndarray], jitter: dict[int, np.ndarray]) -> FitResult:
-        problems, modes, costs = _single_frame_fits(frames[block], s, phi, proposals, s.max_modes, jitter)
-        return _finish(problems, modes, costs, s.size * s.size, s)
+        def fit_subset(rows: np.ndarray, sub: PhysFitSettings) -> FitResult:
+            problems, modes, costs = _single_frame_fits(frames[block][rows], sub, phi, [p[rows] for p in proposals],
+                                                        sub.max_modes, {k: v[rows] for k, v in jitter.items()})
+            return _finish(problems, modes, costs, sub.size * sub.size, sub)
+
+        return _by_background_model(frames[block], s, fit_subset)
 
     return _blockwise(len(frames), starts, s, fit_block)
 
@@ -323,7 +410,11 @@ def fit_windows_detailed(windows: np.ndarray, settings: PhysFitSettings | None =
         raise ValueError(f"windows must be (B, W odd, {s.size}, {s.size}), got {windows.shape}")
 
     def fit_block(block: slice, proposals: list[np.ndarray], jitter: dict[int, np.ndarray]) -> FitResult:
-        return _fit_windows_block(windows[block], s, phi, proposals, jitter)
+        def fit_subset(rows: np.ndarray, sub: PhysFitSettings) -> FitResult:
+            return _fit_windows_block(windows[block][rows], sub, phi, [p[rows] for p in proposals],
+                                      {k: v[rows] for k, v in jitter.items()})
+
+        return _by_background_model(windows[block], s, fit_subset)
 
     return _blockwise(len(windows), starts, s, fit_block)
 
@@ -370,3 +461,41 @@ def fit_windows(windows: np.ndarray, settings: PhysFitSettings | None = None, *,
     Shorthand for ``fit_windows_detailed(...).detections``.
     """
     return fit_windows_detailed(windows, settings, phi=phi, starts=starts, **overrides).detections
+
+
+def calibrate_psf(windows: np.ndarray, settings: PhysFitSettings, *, phi: np.ndarray | None = None,
+                  multi_frame: bool = True) -> float:
+    """PSF std (LR px) for these frames: the settings' own unless the data clearly prefer another.
+
+    windows: (B, W, m, m). ``calibration_windows`` windows spread evenly over the batch are fitted
+    (jointly, or their middle frames when not ``multi_frame``) with ``calibration_steps`` PSF stds
+    spanning +-``calibration_span`` of ``psf_sigma`` (an odd count includes it). The std of lowest
+    total BIC, refined by a parabola through it and its neighbours, is returned when its BIC is
+    lower than that of ``psf_sigma`` by more than ``calibration_margin`` per window; else
+    ``psf_sigma``.
+    """
+    s = settings
+    windows = np.asarray(windows, dtype=np.float64)
+    pick = np.unique(np.linspace(0, len(windows) - 1, min(s.calibration_windows, len(windows))).round().astype(int))
+    sample = windows[pick] if multi_frame else windows[pick, windows.shape[1] // 2]
+    fit = fit_windows_detailed if multi_frame else fit_frames_detailed
+
+    def total_bic(sigma: float) -> float:
+        result = fit(sample, dataclasses.replace(s, psf_sigma=float(sigma), psf_calibration=False), phi=phi)
+        return float(result.bic.min(axis=1).sum())
+
+    sigmas = s.psf_sigma * (1.0 + np.linspace(-s.calibration_span, s.calibration_span, s.calibration_steps))
+    costs = np.array([total_bic(sigma) for sigma in sigmas])
+    middle = len(sigmas) // 2
+    nominal = costs[middle] if len(sigmas) % 2 else total_bic(s.psf_sigma)
+    best = int(np.argmin(costs))
+    if costs[best] >= nominal - s.calibration_margin * len(sample):
+        return s.psf_sigma
+    estimate = float(sigmas[best])
+    if 0 < best < len(sigmas) - 1:
+        left, mid, right = costs[best - 1:best + 2]
+        curvature = left - 2.0 * mid + right
+        if curvature > 0:
+            step = sigmas[1] - sigmas[0]
+            estimate += float(np.clip(0.5 * step * (left - right) / curvature, -step / 2, step / 2))
+    return estimate

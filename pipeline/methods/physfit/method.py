@@ -14,9 +14,10 @@ import torch
 
 from pipeline.methods.base import MethodOutput, PhysicsOperator, UnmixingMethod
 from pipeline.methods.registry import register_model
-from pipeline.methods.physfit.fit import fit_frames_detailed, fit_windows_detailed
+from pipeline.methods.physfit.fit import calibrate_psf, fit_frames_detailed, fit_windows_detailed
 from pipeline.methods.physfit.proposals import starts_from_hr_maps
 from pipeline.methods.physfit.settings import PhysFitSettings
+from pipeline.priors import ScenePriors
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(PhysFitSettings))
 
@@ -26,9 +27,15 @@ class PhysFit(UnmixingMethod):
     """Least-squares fit of K point sources through the pixel-integral Gaussian model.
 
     The frame size, PSF, noise, rounding and saturation come from ``physics.sensor``; the sparse
-    pursuit searches the columns of ``physics.phi`` (any odd sub-pixel ratio c). ``multi_frame``:
-    joint fit over the whole window (rigid group motion) instead of the middle frame alone. ``proposal``: a method
-    whose HR maps give extra starts. Other keyword arguments are :class:`PhysFitSettings` fields.
+    pursuit searches the columns of ``physics.phi`` (any odd sub-pixel ratio c). ``priors``: the
+    scene priors measured on the training split (:mod:`pipeline.priors`; the pipeline always
+    passes them, see :meth:`PhysFitSettings.for_scene`); without them the library defaults hold.
+    ``multi_frame``: joint fit over the whole window (rigid group motion) instead of the middle
+    frame alone. ``proposal``: a method whose HR maps give extra starts. ``brightness_margin``,
+    ``brightness_headroom``: see :meth:`PhysFitSettings.for_scene`. Other keyword arguments are
+    :class:`PhysFitSettings` fields. With ``psf_calibration`` the PSF std is checked (and, if the
+    fits reject it, re-estimated) on the first batch of windows and then kept
+    (``calibrated_sigma``).
     """
 
     family = "beyond_the_papers"
@@ -36,14 +43,21 @@ class PhysFit(UnmixingMethod):
     trainable = False
     window = 5
     smoke_params = {"lm_iterations": 5, "k_max": 2}
+    uses_scene_priors = True
 
-    def __init__(self, physics: PhysicsOperator, multi_frame: bool = True,
-                 proposal: UnmixingMethod | None = None, **settings) -> None:
+    def __init__(self, physics: PhysicsOperator, priors: ScenePriors | None = None, multi_frame: bool = True,
+                 proposal: UnmixingMethod | None = None, brightness_margin: float = 0.0,
+                 brightness_headroom: float = 4.0, **settings) -> None:
         super().__init__(physics)
         unknown = sorted(set(settings) - SETTING_NAMES)
         if unknown:
             raise TypeError(f"physfit got unknown setting(s) {', '.join(unknown)}")
-        self.settings = PhysFitSettings.for_sensor(physics.sensor, **settings)
+        if priors is None:
+            self.settings = PhysFitSettings.for_sensor(physics.sensor, **settings)
+        else:
+            self.settings = PhysFitSettings.for_scene(physics.sensor, priors, brightness_margin,
+                                                      brightness_headroom, **settings)
+        self.calibrated_sigma: float | None = None
         self.multi_frame = bool(multi_frame)
         self.window = 5 if self.multi_frame else 1
         self.proposal = proposal
@@ -52,6 +66,9 @@ class PhysFit(UnmixingMethod):
         """(B, W, m, m) raw windows -> continuous detections of the middle frames, and their HR map."""
         windows = lr.detach().to("cpu", torch.float64).numpy()
         phi = self.physics.phi.detach().to("cpu", torch.float64).numpy()
+        if self.settings.psf_calibration and self.calibrated_sigma is None:
+            self.calibrated_sigma = calibrate_psf(windows, self.settings, phi=phi, multi_frame=self.multi_frame)
+            self.settings = dataclasses.replace(self.settings, psf_sigma=self.calibrated_sigma)
         starts = None
         if self.proposal is not None:
             with torch.no_grad():
@@ -72,4 +89,5 @@ class PhysFit(UnmixingMethod):
         hr = np.zeros((len(windows), side, side), np.float32)
         hr[frame[inside], rows[inside], cols[inside]] = brightness[inside]
         return MethodOutput(hr=torch.from_numpy(hr).to(lr.device, self.physics.phi.dtype),
-                            detections=result.detections, extras={"brightness": result.brightness, "k": result.k})
+                            detections=result.detections, extras={"brightness": result.brightness, "k": result.k,
+                                                                     "psf_sigma": self.settings.psf_sigma})

@@ -118,7 +118,7 @@ def draw_jitter(n_frames: int, s: PhysFitSettings) -> dict[int, np.ndarray]:
     """Standard-normal offsets of the jittered starts, K -> (F, max(1, random_starts), K, 2), drawn
     once per call so that results do not depend on how frames are split into blocks."""
     n = max(1, s.random_starts)
-    return {k: np.random.default_rng([s.seed, k]).standard_normal((n_frames, n, k, 2)) for k in s.k_values}
+    return {k: np.random.default_rng([s.seed, k]).standard_normal((n_frames, n, k, 2)) for k in range(s.k_min, s.k_top + 1)}
 
 
 def collect_starts(k: int, centroid: np.ndarray, proposals: Sequence[np.ndarray],

@@ -7,13 +7,14 @@ import math
 
 import numpy as np
 
+from pipeline.priors import ScenePriors
 from pipeline.sensor import Sensor
 
 # Numerical guards only (not model knobs; the model's numbers are PhysFitSettings fields):
 TINY = 1e-12  # floor of divisors and of the square-root residual
 RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
 INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
-BACKGROUND_MODELS = ("none", "constant")  # a level shared by the pixels (and frames) of a fit
+BACKGROUND_MODELS = ("none", "constant", "auto")  # a level shared by the pixels (and frames) of a fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +31,20 @@ class PhysFitSettings:
         pixels as exact measurements, the naive fit). censoring: "tobit" (censored-Gaussian
         likelihood, exact for noisy clipped pixels) or "hard" (residual min(0, model - level)).
     Model
-        k_min, k_max: range of target counts tried. brightness_min/max: bounds on b_k.
+        k_min, k_max: range of target counts always tried. k_limit: the most targets ever tried
+        (None = k_max): K = k_max + 1, ... is fitted, one at a time, only for the frames whose best
+        K so far is the largest tried. brightness_min/max: the brightness box (bounds on b_k).
+        brightness_limits: (min, max) wider bounds (None = none): frames or windows whose best fit
+        leaves a whitened cost above relax_misfit times their unclipped pixels are fitted again
+        within them, and the better fit (by BIC) is kept -- the prior first, relaxed where the
+        data reject it.
         position_margin: positions are bounded to [-margin, size - 1 + margin].
         bic_penalty: multiplier of D ln(n) in the information criterion.
         motion_order: 0 = static, 1 = + velocity, 2 = + acceleration (windows only).
-        background: "none" (targets on a zero floor) or "constant" (one free level per frame, or per
-        window in the joint fit, started at the median pixel; for data with a background).
+        background: "none" (targets on a zero floor), "constant" (one free level per frame, or per
+        window in the joint fit, started at the median pixel; for data with a background) or "auto"
+        (constant for the frames or windows whose median pixel exceeds the floor by more than
+        background_threshold counts, none for the others).
     Group prior (optional; the SeqCSIST geometry: targets on distinct compass arms of a common
     reference point at a common distance)
         group_prior_sd: sd (LR px) of each target's deviation from the best-fitting cross
@@ -62,9 +71,16 @@ class PhysFitSettings:
         joint fit. window_bic_margin: a K whose middle-frame BIC exceeds the best by more than
         this is not refined jointly.
     Scores
-        score = P_k * (1 - w * sigma_k / (sigma_k + s0)), P_k the posterior support of the
-        detection (see :func:`_support`), sigma_k its position sd; s0 = score_scale (LR px),
-        w = score_sd_weight (in [0, 1); the support dominates, the sd orders within it).
+        score = P_k * (1 - w * sigma_k / (sigma_k + s0)) * min(1, b_k / dim_brightness)^2, P_k the
+        posterior support of the detection (see :func:`_support`), sigma_k its position sd, b_k its
+        brightness; s0 = score_scale (LR px), w = score_sd_weight (in [0, 1); the support
+        dominates, the sd orders within it); dim_brightness (counts, 0 = off) ranks targets far
+        dimmer than any seen in training below the others.
+    PSF calibration (:func:`calibrate_psf`)
+        psf_calibration: estimate the PSF std from the data: the std among ``calibration_steps``
+        values spanning +-``calibration_span`` (relative) of psf_sigma whose best fits of
+        ``calibration_windows`` sample windows have the lowest total BIC (refined by a parabola),
+        kept only when it beats psf_sigma by more than ``calibration_margin`` per window.
     Execution
         chunk_elements: maximum number of Jacobian entries per batched chunk (memory bound).
         block_size: frames (or windows) processed together end to end (bounds the memory of the
@@ -83,12 +99,16 @@ class PhysFitSettings:
     censoring: str = "tobit"
     k_min: int = 1
     k_max: int = 5
+    k_limit: int | None = None
     brightness_min: float = 215.0
     brightness_max: float = 255.0
+    brightness_limits: tuple[float, float] | None = None
+    relax_misfit: float = 3.0
     position_margin: float = 0.5
     bic_penalty: float = 1.0
     motion_order: int = 1
     background: str = "none"
+    background_threshold: float = 1.0
     group_prior_sd: float = 0.0
     group_radius: float = 0.315
     group_radius_sd: float = 0.03
@@ -114,6 +134,12 @@ class PhysFitSettings:
     window_bic_margin: float = 30.0
     score_scale: float = 0.05
     score_sd_weight: float = 0.3
+    dim_brightness: float = 0.0
+    psf_calibration: bool = False
+    calibration_windows: int = 32
+    calibration_margin: float = 2.0
+    calibration_span: float = 0.15
+    calibration_steps: int = 13
     chunk_elements: int = 20_000_000
     block_size: int = 2048
     threads: int | None = None
@@ -121,8 +147,16 @@ class PhysFitSettings:
     def __post_init__(self) -> None:
         if self.k_min < 1 or self.k_max < self.k_min:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+        if self.k_limit is not None and self.k_limit < self.k_max:
+            raise ValueError(f"k_limit must be None or >= k_max = {self.k_max}, got {self.k_limit}")
+        if self.calibration_windows < 1 or self.calibration_steps < 3 or not 0 < self.calibration_span < 1:
+            raise ValueError("need calibration_windows >= 1, calibration_steps >= 3 and 0 < calibration_span < 1")
         if not 0 < self.brightness_min < self.brightness_max:
             raise ValueError("need 0 < brightness_min < brightness_max")
+        if self.brightness_limits is not None and not (
+                0 < self.brightness_limits[0] <= self.brightness_min and self.brightness_max <= self.brightness_limits[1]):
+            raise ValueError(f"brightness_limits must be None or (min, max) around the box "
+                             f"[{self.brightness_min}, {self.brightness_max}], got {self.brightness_limits}")
         if self.censoring not in ("tobit", "hard"):
             raise ValueError(f"censoring must be 'tobit' or 'hard', got {self.censoring!r}")
         if self.background not in BACKGROUND_MODELS:
@@ -146,8 +180,13 @@ class PhysFitSettings:
 
     @property
     def k_values(self) -> list[int]:
-        """The target counts tried, k_min..k_max."""
+        """The target counts always tried, k_min..k_max."""
         return list(range(self.k_min, self.k_max + 1))
+
+    @property
+    def k_top(self) -> int:
+        """The most targets ever tried: k_limit, or k_max without it."""
+        return self.k_max if self.k_limit is None else self.k_limit
 
     @classmethod
     def for_sensor(cls, sensor: Sensor, **fields) -> "PhysFitSettings":
@@ -159,6 +198,29 @@ class PhysFitSettings:
                     floor=0.0 if sensor.quantised else None)
         base.update(fields)
         return cls(**base)
+
+    @classmethod
+    def for_scene(cls, sensor: Sensor, priors: ScenePriors, brightness_margin: float = 0.0,
+                  brightness_headroom: float = 4.0, **fields) -> "PhysFitSettings":
+        """Settings for ``sensor`` with the scene knowledge taken from training-split ``priors``
+        (see :mod:`pipeline.priors`), none from the simulator's configuration: brightness bounded
+        to the training range widened by ``brightness_margin`` (relative), relaxed to
+        [low / h, high * h] (h = ``brightness_headroom``) where the data reject it (scenes
+        brighter or dimmer than the training ones), K tried up to one more than the most seen in training,
+        cross starts at the training groups' spread, and detections dimmer than half the training
+        range ranked below the others. ``fields`` override any of these."""
+        if brightness_headroom < 1 or not 0 <= brightness_margin < 1:
+            raise ValueError(f"need brightness_headroom >= 1 and 0 <= brightness_margin < 1, got "
+                             f"{brightness_headroom}, {brightness_margin}")
+        scene = dict(brightness_min=priors.brightness_low * (1.0 - brightness_margin),
+                     brightness_max=priors.brightness_high * (1.0 + brightness_margin),
+                     brightness_limits=(priors.brightness_low / brightness_headroom,
+                                        priors.brightness_high * brightness_headroom),
+                     k_max=min(priors.k_max + 1, fields.get("k_limit") or priors.k_max + 1),
+                     template_radius=priors.spread,
+                     dim_brightness=priors.brightness_low / 2.0)
+        scene.update(fields)
+        return cls.for_sensor(sensor, **scene)
 
 
 @dataclasses.dataclass
@@ -185,3 +247,15 @@ class FitResult:
     chi2: np.ndarray
     k_values: np.ndarray
     params: dict[int, np.ndarray]
+
+    def take(self, index: np.ndarray) -> "FitResult":
+        """The results of the frames (or windows) ``index``, in that order."""
+        return FitResult(detections=[self.detections[i] for i in index], brightness=[self.brightness[i] for i in index],
+                         position_sd=[self.position_sd[i] for i in index], k=self.k[index], bic=self.bic[index],
+                         chi2=self.chi2[index], k_values=self.k_values,
+                         params={k: v[index] for k, v in self.params.items()})
+
+    def misfit(self) -> np.ndarray:
+        """(F,) whitened cost of the chosen K's best fit."""
+        column = np.searchsorted(self.k_values, self.k)
+        return self.chi2[np.arange(len(self.k)), column]

@@ -1,0 +1,151 @@
+"""Scene priors estimated from the training split: what PhysFit may know of the scenes beyond the
+calibrated sensor (brightness range, target counts, group size, PSF width, background level).
+
+A real sensor gives the PSF, bit depth, saturation and noise (:class:`~pipeline.sensor.Sensor`);
+everything about the *scenes* must be learnt from data, as the networks learn it. This module
+measures it on the annotated training split; the ``priors`` stage writes the result as JSON
+(``reports/priors.json``) so it can be read and compared with the simulator's settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from pipeline.config import ConfigError
+from pipeline.data import SplitData
+from pipeline.physics import render_batch
+from pipeline.sensor import Sensor
+
+BRIGHTNESS_QUANTILES = (0.01, 0.99)  # the brightness range is the central 98% of training targets
+PSF_SEARCH = (0.5, 2.0)  # the PSF std is searched in [0.5, 2] x the sensor's value
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenePriors:
+    """Scene statistics of a training split. Lengths in LR px, brightness in counts.
+
+    brightness_low, brightness_high: 1st and 99th percentile of target brightness.
+    k_min, k_max: fewest and most targets in a training frame.
+    spread: median distance of a target from the centroid of its frame's targets.
+    separation: median distance of a target to its nearest neighbour (frames with >= 2 targets).
+    psf_sigma: Gaussian PSF std that best renders the training frames from their annotations
+        (unclipped pixels, a constant level per frame fitted alongside); compare with the sensor's.
+    background: median pixel value of the training frames.
+    frames, targets: how many training frames and targets were measured.
+    """
+
+    brightness_low: float
+    brightness_high: float
+    k_min: int
+    k_max: int
+    spread: float
+    separation: float
+    psf_sigma: float
+    background: float
+    frames: int
+    targets: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, given: Mapping, source: str = "priors") -> "ScenePriors":
+        """Priors from a mapping (a priors JSON), checking that every field is there and numeric."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise ConfigError(f"{source}: missing scene prior(s) {', '.join(missing)}; rerun the priors stage")
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = given[field.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ConfigError(f"{source}: scene prior {field.name} = {value!r} is not a finite number")
+            values[field.name] = int(value) if field.type == "int" else float(value)
+        priors = cls(**values)
+        if not 0 < priors.brightness_low <= priors.brightness_high:
+            raise ConfigError(f"{source}: need 0 < brightness_low <= brightness_high, got "
+                              f"{priors.brightness_low}, {priors.brightness_high}")
+        if not 1 <= priors.k_min <= priors.k_max:
+            raise ConfigError(f"{source}: need 1 <= k_min <= k_max, got {priors.k_min}, {priors.k_max}")
+        return priors
+
+
+def _padded_positions(targets: pd.DataFrame, n_frames: int) -> np.ndarray:
+    """(N, K_max, 2) target positions of every frame holding targets, NaN-padded."""
+    key = targets["t"].to_numpy() * n_frames + targets["f"].to_numpy()
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    xy = targets[["x", "y"]].to_numpy()[order]
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    slot = np.arange(len(key)) - np.repeat(first, counts)
+    frame = np.repeat(np.arange(len(counts)), counts)
+    out = np.full((len(counts), counts.max(), 2), np.nan)
+    out[frame, slot] = xy
+    return out
+
+
+def _geometry(positions: np.ndarray) -> tuple[float, float]:
+    """(median distance to the frame's centroid, median nearest-neighbour distance)."""
+    centroid = np.nanmean(positions, axis=1, keepdims=True)
+    to_centre = np.linalg.norm(positions - centroid, axis=2)
+    pair = np.linalg.norm(positions[:, :, None] - positions[:, None, :], axis=3)
+    k = positions.shape[1]
+    pair[:, np.arange(k), np.arange(k)] = np.nan
+    nearest = np.nanmin(np.where(np.isnan(pair), np.inf, pair), axis=2)
+    nearest = nearest[np.isfinite(nearest)]
+    return float(np.nanmedian(to_centre)), float(np.median(nearest)) if nearest.size else 0.0
+
+
+def estimate_psf_sigma(images: np.ndarray, x: np.ndarray, y: np.ndarray, brightness: np.ndarray,
+                       sensor: Sensor) -> float:
+    """Gaussian PSF std (LR px) that renders ``images`` (N, m, m) best from the annotated targets
+    (N, K) arrays (zero brightness = no target): least squares over the pixels strictly inside the
+    sensor's range (clipped ones carry no value), with one constant level per frame fitted in
+    closed form; a bounded scalar search in PSF_SEARCH x the sensor's std."""
+    images = np.asarray(images, dtype=np.float64)
+    usable = np.ones_like(images, dtype=bool)
+    if sensor.quantised:
+        usable &= images > 0
+        if sensor.clip_high is not None:
+            usable &= images < sensor.clip_high
+    weight = usable.astype(np.float64)
+    n_used = np.maximum(weight.sum(axis=(1, 2)), 1.0)
+
+    def misfit(sigma: float) -> float:
+        residual = images - render_batch(x, y, brightness, images.shape[-1], sigma)
+        level = (residual * weight).sum(axis=(1, 2)) / n_used
+        return float((((residual - level[:, None, None]) * weight) ** 2).sum())
+
+    low, high = (bound * sensor.psf_sigma for bound in PSF_SEARCH)
+    result = optimize.minimize_scalar(misfit, bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+    return float(result.x)
+
+
+def estimate_priors(data: SplitData, sensor: Sensor, psf_frames: int) -> ScenePriors:
+    """Scene priors of an annotated split (see :class:`ScenePriors`); the PSF std is fitted on
+    ``psf_frames`` frames spread evenly over the split."""
+    targets = data.targets
+    if targets.empty:
+        raise ValueError("the training split has no targets to estimate scene priors from")
+    brightness = targets["brightness"].to_numpy()
+    low, high = np.quantile(brightness, BRIGHTNESS_QUANTILES)
+    counts = targets.groupby(["t", "f"]).size().to_numpy()
+    positions = _padded_positions(targets, data.n_frames)
+    spread, separation = _geometry(positions)
+
+    n_total = data.images.shape[0] * data.n_frames
+    chosen = np.unique(np.linspace(0, n_total - 1, min(psf_frames, n_total)).round().astype(int))
+    t, f = np.divmod(chosen, data.n_frames)
+    truths = data.frame_targets(t, f)
+    k = max(1, max(len(truth) for truth in truths))
+    arrays = np.zeros((3, len(chosen), k))
+    for i, truth in enumerate(truths):
+        arrays[:, i, :len(truth)] = truth.T
+    sigma = estimate_psf_sigma(data.images[t, f], arrays[0], arrays[1], arrays[2], sensor)
+    return ScenePriors(brightness_low=float(low), brightness_high=float(high), k_min=int(counts.min()),
+                       k_max=int(counts.max()), spread=spread, separation=separation, psf_sigma=sigma,
+                       background=float(np.median(data.images)), frames=int(n_total), targets=int(len(targets)))

@@ -1,0 +1,75 @@
+"""Scene priors of the training split (pipeline/priors.py, stage priors) and the stress config."""
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ConfigError, SimulateConfig, StressConfig
+from pipeline.data import load_split_tables
+from pipeline.priors import ScenePriors, estimate_priors, estimate_psf_sigma
+from pipeline.sensor import Sensor
+from pipeline.simulate import simulate
+
+
+def training_split(section: dict, sensor: Sensor):
+    frames, targets = simulate(SimulateConfig.from_section(section), sensor)
+    split = pd.DataFrame({"trajectory": np.arange(section["trajectories"]), "split": "train"})
+    return load_split_tables(frames, targets, split, "train")
+
+
+def test_priors_measure_the_simulated_scenes(small_simulate, sensor):
+    priors = estimate_priors(training_split(small_simulate, sensor), sensor, psf_frames=64)
+    low, high = small_simulate["brightness"]
+    assert low <= priors.brightness_low < priors.brightness_high <= high
+    assert small_simulate["k_min"] <= priors.k_min <= priors.k_max <= small_simulate["k_max"]
+    assert 0.2 < priors.spread < 0.4 and priors.separation == pytest.approx(0.3 * np.sqrt(2), abs=0.02)
+    assert priors.psf_sigma == pytest.approx(sensor.psf_sigma, abs=2e-3)
+    assert priors.background == 0.0 and priors.frames == 12 * small_simulate["frames"]
+
+
+def test_priors_follow_a_shifted_scene(small_simulate, sensor):
+    """Other brightness, more targets, a wider PSF and a background: each shows in the priors."""
+    shifted = {**small_simulate, "brightness": [120.0, 160.0], "k_min": 5, "k_max": 6, "background": "clutter",
+               "clutter": {"level": [20.0, 30.0], "amplitude": 0.0, "correlation": 2.0}}
+    wide = dataclasses.replace(sensor, psf_sigma=0.55)
+    priors = estimate_priors(training_split(shifted, wide), wide, psf_frames=64)
+    assert 120.0 <= priors.brightness_low < priors.brightness_high <= 160.0
+    assert priors.k_min >= 5 and priors.k_max <= 6
+    assert priors.psf_sigma == pytest.approx(0.55, abs=5e-3)
+    assert 20.0 <= priors.background <= 30.0
+
+
+def test_psf_fit_ignores_clipped_pixels(sensor):
+    from pipeline.physics import render_batch
+    x, y, b = np.full((4, 1), 5.2), np.full((4, 1), 4.9), np.full((4, 1), 900.0)  # saturates the centre
+    frames = np.clip(np.round(render_batch(x, y, b, 11, 0.5)), 0, 255)
+    assert estimate_psf_sigma(frames, x, y, b, sensor) == pytest.approx(0.5, abs=2e-3)
+
+
+def test_priors_json_errors_name_the_file():
+    given = ScenePriors(220.0, 250.0, 2, 4, 0.3, 0.42, 0.5, 0.0, 10, 30).to_dict()
+    assert ScenePriors.from_dict(given) == ScenePriors(**given)
+    with pytest.raises(ConfigError, match="reports/priors.json: missing scene prior"):
+        ScenePriors.from_dict({k: v for k, v in given.items() if k != "spread"}, "reports/priors.json")
+    with pytest.raises(ConfigError, match="k_max = 'x'"):
+        ScenePriors.from_dict({**given, "k_max": "x"})
+    with pytest.raises(ConfigError, match="brightness_low"):
+        ScenePriors.from_dict({**given, "brightness_low": 300.0})
+
+
+def test_stress_shifts_are_checked_simulate_variants(params):
+    section = {**params["stress"], "shifts": {"dim": {"simulate": {"brightness": [120.0, 255.0]}},
+                                              "wide": {"sensor": {"psf_sigma": 0.55}}}}
+    config = StressConfig.from_section(section, methods=list(params["methods"]))
+    (dim, scene, recorder), (_, wide_scene, wide) = config.scenes(params["simulate"], params["sensor"])
+    assert dim == "dim" and scene.brightness == (120.0, 255.0) and scene.seed == config.seed
+    assert scene.trajectories == config.trajectories and recorder == params["sensor"]
+    assert wide["psf_sigma"] == 0.55 and wide_scene.brightness == tuple(params["simulate"]["brightness"])
+    bad = {**section, "shifts": {"dim": {"simulate": {"brightnes": [1.0, 2.0]}}}}
+    with pytest.raises(ConfigError, match="stress.shifts.dim.simulate.brightnes"):
+        StressConfig.from_section(bad).scenes(params["simulate"], params["sensor"])
+    with pytest.raises(ConfigError, match="stress.network"):
+        StressConfig.from_section({**section, "network": "nope"}, methods=list(params["methods"]))
+    with pytest.raises(ConfigError, match="stress.shifts.dim"):
+        StressConfig.from_section({**section, "shifts": {"dim": {"scene": {}}}})
