@@ -13,7 +13,13 @@ group-geometry prior (variant "prior": group_prior_sd = 0.01 px).
 Also prints the grid oracle (ground truth snapped to the HR grid, the ceiling of every HR-map
 method) and windows per second. A script, not a test: it prints figures and asserts nothing.
 
+``--compare`` instead times, on the same 8-bit windows and in one run, the pipeline's PhysFit
+before the scene priors (the library defaults: brightness box 215-255 and K 1-5 written in, the
+slower search) against today's (``methods.physfit.model`` of params.yaml with the scene priors
+measured on a separately simulated training set), and prints the speed-up.
+
     python benchmarks/bench_physfit.py --trajectories 300
+    python benchmarks/bench_physfit.py --compare --trajectories 100 --threads 1
 """
 from __future__ import annotations
 
@@ -85,6 +91,41 @@ def run_setting(label: str, bit_depth: int, noise: float, params: dict, args) ->
                   f"K acc {np.mean(result.k == k_true):.3f}  {len(truth) / elapsed:6.1f} windows/s", flush=True)
 
 
+def compare_old_new(params: dict, args) -> None:
+    """Windows per second and CSO-mAP of the old and the current pipeline settings, one run."""
+    from pipeline.data import load_split_tables
+    from pipeline.priors import estimate_priors
+    from pipeline.simulate import simulate
+    import pandas as pd
+
+    scene = SimulateConfig.from_section(params["simulate"])
+    sensor = Sensor.from_section(params["sensor"])
+    train_scene = dataclasses.replace(scene, trajectories=args.trajectories, seed=args.seed + 1)
+    frames, targets = simulate(train_scene, sensor)
+    split = pd.DataFrame({"trajectory": np.arange(train_scene.trajectories), "split": "train"})
+    priors = estimate_priors(load_split_tables(frames, targets, split, "train"), sensor, 256)
+    windows, truth = windows_and_truth(dataclasses.replace(scene, trajectories=args.trajectories, seed=args.seed),
+                                       sensor, params["evaluate"]["window"])
+    grid = Grid(sensor.size, params["phi"]["c"])
+    phi = build_phi_closed_form(grid.size, grid.c, sensor.psf_sigma)
+    model = {key: value for key, value in params["methods"]["physfit"]["model"].items()
+             if key not in ("multi_frame", "psf_calibration")}
+    runs = {"old (library defaults, simulator's box)": physfit.PhysFitSettings.for_sensor(sensor),
+            "new (scene priors, params.yaml)": physfit.PhysFitSettings.for_scene(sensor, priors, **model)}
+    thresholds = params["evaluate"]["distance_thresholds"]
+    print(f"\n== old vs new: {len(truth)} windows (8-bit, {args.trajectories} trajectories, seed {args.seed}), "
+          f"{torch.get_num_threads()} thread(s); PSF calibration not included")
+    speed = {}
+    for label, settings in runs.items():
+        start = time.perf_counter()
+        result = physfit.fit_windows_detailed(windows, settings, phi=phi)
+        speed[label] = len(truth) / (time.perf_counter() - start)
+        print(f"  {label:<40} {_fmt(cso_map(result.detections, truth, thresholds))}  {speed[label]:6.1f} windows/s",
+              flush=True)
+    old, new = speed.values()
+    print(f"  speed-up: {new / old:.2f}x")
+
+
 def _fmt(result: dict) -> str:
     return "  ".join(f"{key}={value:6.2f}" for key, value in result.items() if key == "cso_map" or key.startswith("ap"))
 
@@ -101,11 +142,16 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="*", default=["single", "multi"], choices=["single", "multi"])
     parser.add_argument("--variants", nargs="*", default=["physics", "prior"], choices=["physics", "prior"])
     parser.add_argument("--prior-sd", type=float, default=0.01, help="group_prior_sd of the 'prior' variant (LR px)")
+    parser.add_argument("--compare", action="store_true",
+                        help="old vs current pipeline settings on the same windows (see above) instead")
     parser.add_argument("--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
                         help="override a PhysFitSettings field (Python literal), e.g. --set random_starts 4")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     params = load_params()
+    if args.compare:
+        compare_old_new(params, args)
+        return
     for label, bit_depth, noise in SETTINGS:
         if label in args.settings:
             run_setting(label, bit_depth, noise, params, args)

@@ -474,3 +474,29 @@ def test_method_uses_the_priors_and_reports_its_psf(physics3):
     windows, _ = trajectories(4, 2, noise=0.0, seed=190)
     out = method(torch.from_numpy(windows).float())
     assert method.calibrated_sigma == 0.5 and out.extras["psf_sigma"] == 0.5
+
+
+def test_ring_starts_cover_counts_beyond_the_cross():
+    """Six targets evenly on a 0.45 px ring (more than the four arms of the cross): the ring
+    templates start a fit that finds all six, each within 0.1 px, without any random start."""
+    angle = 2 * np.pi * np.arange(6) / 6 + 0.3
+    centre = np.array([[5.1, 4.8], [4.7, 5.3], [5.4, 5.6]])
+    pos = centre[:, None, :] + 0.45 * np.stack([np.cos(angle), np.sin(angle)], axis=1)[None]
+    frames = render_batch(pos[..., 0], pos[..., 1], np.full((3, 6), 235.0))
+    s = settings_for(0, k_max=4, k_limit=7, random_starts=0, template_radius=0.45, brightness_min=200.0)
+    result = fit_frames_detailed(frames, s)
+    assert np.all(result.k == 6)
+    assert np.max(max_matched_error(result.detections, pos)) < 0.1
+    with pytest.raises(ValueError, match="ring_rotations"):
+        settings_for(8, ring_rotations=-1)
+
+
+def test_rough_starts_then_the_joint_fit():
+    """Single-frame starts stopped after a few iterations still end, after the joint fit, on the
+    exact positions of float windows."""
+    windows, pos = trajectories(6, 3, noise=0.0, seed=200)
+    clean = fit_windows_detailed(windows, settings_for(8, start_lm_iterations=5))
+    assert np.all(clean.k == 3)
+    assert np.median(max_matched_error(clean.detections, pos[:, 2])) < 0.03
+    with pytest.raises(ValueError, match="start_lm_iterations"):
+        settings_for(8, start_lm_iterations=0)

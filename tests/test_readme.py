@@ -58,3 +58,17 @@ def test_readme_results_table_is_the_one_pipeline_readme_generates():
     readme = (ROOT / "README.md").read_text()
     generated = results_table((ROOT / "reports/tables/table7.md").read_text())
     assert with_results(readme, generated) == readme, "run: python -m pipeline.readme"
+
+
+def test_readme_stress_table_is_the_committed_one():
+    """Every shift of reports/tables/stress.md appears in README's stress table with the same
+    grid-oracle, PhysFit and network CSO-mAP and PSF estimate."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### PhysFit without the simulator's settings", 1)[1].split("\n### ", 1)[0]
+    shown = table_rows(section)
+    generated = table_rows((ROOT / "reports/tables/stress.md").read_text())
+    generated.pop("Shift")
+    assert generated
+    for label, cells in generated.items():
+        assert label in shown, label
+        assert shown[label] == [cells[1], cells[2], cells[3], cells[4]], label

@@ -424,7 +424,8 @@ def _fit_windows_block(windows: np.ndarray, s: PhysFitSettings, phi: np.ndarray 
     """:func:`fit_windows_detailed` on one block of windows (B, W, m, m)."""
     b, w = windows.shape[:2]
     mid = w // 2
-    _, single, single_cost = _single_frame_fits(windows[:, mid], s, phi, proposals, s.window_modes, jitter)
+    rough = s if s.start_lm_iterations is None else dataclasses.replace(s, lm_iterations=s.start_lm_iterations)
+    _, single, single_cost = _single_frame_fits(windows[:, mid], rough, phi, proposals, s.window_modes, jitter)
     ks = sorted(single)
     single_bic = torch.stack([_bic(single_cost[k][:, 0], s.size * s.size, _n_params(k, 0, s), s)
                               for k in ks], dim=1)

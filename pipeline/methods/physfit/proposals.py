@@ -101,16 +101,29 @@ def centroids(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
 
 
 def _template_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[np.ndarray]:
-    """Cross templates: K arms of ``template_directions`` at ``template_radius`` around a reference
-    placed so that the template's mean position is the centroid. Each: (F, K, 2)."""
+    """Cross templates (K >= 2): K arms of ``template_directions`` at ``template_radius`` around a
+    reference placed so that the template's mean position is the centroid. Each: (F, K, 2)."""
     dirs = np.asarray(s.template_directions, dtype=np.float64)
-    if s.template_radius <= 0 or k > len(dirs):
+    if s.template_radius <= 0 or k < 2 or k > len(dirs):  # one target: the pursuit and the centroid
         return []
     out = []
     for subset in itertools.combinations(range(len(dirs)), k):
         arms = s.template_radius * dirs[list(subset)]  # (K, 2)
         ref = centroid - arms.mean(axis=0)
         out.append(ref[:, None, :] + arms[None])
+    return out
+
+
+def _ring_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[np.ndarray]:
+    """Ring templates for counts the cross cannot hold (K > its arms): K points evenly on a circle
+    of ``template_radius`` around the centroid, in ``ring_rotations`` rotations. Each: (F, K, 2)."""
+    if s.template_radius <= 0 or k <= len(s.template_directions):
+        return []
+    out = []
+    for rotation in range(s.ring_rotations):
+        angle = 2.0 * np.pi * (np.arange(k) + rotation / max(1, s.ring_rotations)) / k
+        ring = s.template_radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+        out.append(centroid[:, None, :] + ring[None])
     return out
 
 
@@ -129,6 +142,7 @@ def collect_starts(k: int, centroid: np.ndarray, proposals: Sequence[np.ndarray]
         if prop.shape[1] >= k:
             starts.append(prop[:, :k, :2])
     starts.extend(_template_starts(k, centroid, s))
+    starts.extend(_ring_starts(k, centroid, s))
     n_random = s.random_starts if starts else max(1, s.random_starts)
     for j in range(n_random):
         starts.append(centroid[:, None, :] + s.start_jitter * jitter[:, j])

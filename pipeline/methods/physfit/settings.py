@@ -54,13 +54,17 @@ class PhysFitSettings:
     Starts
         use_pursuit: non-negative OMP starts. template_radius: radius (LR px) of the "cross"
         templates around the intensity centroid (0 disables). template_directions: unit
-        directions (dx, dy) of the template arms. random_starts: jittered starts per K.
+        directions (dx, dy) of the template arms. ring_rotations: for K above the number of
+        arms, K points evenly on a circle of template_radius around the centroid, in this many
+        rotations. random_starts: jittered starts per K.
         start_jitter: their std (LR px). centroid_fraction: pixels below this fraction of the
         frame maximum are ignored by the centroid. seed: RNG seed of the jitter.
     Levenberg-Marquardt
         lm_iterations, lm_lambda0, lm_lambda_up, lm_lambda_down, lm_lambda_max, lm_rtol (relative
         cost decrease that counts as converged), lm_step_tol (LR px), lm_diag_floor (relative
         regularisation of the damping diagonal).
+        start_lm_iterations: iterations of the single-frame fits that start a window fit (None =
+        lm_iterations; they only need to reach the right basin, the joint fit refines them).
     Modes
         mode_separation: two fits of the same K are distinct solutions when the Hausdorff distance
         of their position sets is at least this (LR px). max_modes: distinct solutions kept per K;
@@ -115,6 +119,7 @@ class PhysFitSettings:
     use_pursuit: bool = True
     template_radius: float = 0.3
     template_directions: tuple[tuple[float, float], ...] = ((-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))
+    ring_rotations: int = 2
     random_starts: int = 2
     start_jitter: float = 0.25
     centroid_fraction: float = 0.1
@@ -127,6 +132,7 @@ class PhysFitSettings:
     lm_rtol: float = 1e-7
     lm_step_tol: float = 1e-6
     lm_diag_floor: float = 1e-9
+    start_lm_iterations: int | None = None
     mode_separation: float = 0.05
     support_radius: float = 0.05
     max_modes: int = 4
@@ -149,6 +155,9 @@ class PhysFitSettings:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
         if self.k_limit is not None and self.k_limit < self.k_max:
             raise ValueError(f"k_limit must be None or >= k_max = {self.k_max}, got {self.k_limit}")
+        if (self.start_lm_iterations is not None and self.start_lm_iterations < 1) or self.ring_rotations < 0:
+            raise ValueError(f"need start_lm_iterations None or >= 1 and ring_rotations >= 0, got "
+                             f"{self.start_lm_iterations}, {self.ring_rotations}")
         if self.calibration_windows < 1 or self.calibration_steps < 3 or not 0 < self.calibration_span < 1:
             raise ValueError("need calibration_windows >= 1, calibration_steps >= 3 and 0 < calibration_span < 1")
         if not 0 < self.brightness_min < self.brightness_max:
