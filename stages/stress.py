@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import PHYSICS, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, StressConfig, load_params, section
+from pipeline.config import PROFILES, EvaluateConfig, StressConfig, load_params, section
 from pipeline.data import load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method, grid_oracle
 from pipeline.io import atomic_path, write_json
@@ -29,10 +29,16 @@ PHYSFIT = "physfit"
 SCORE_KEYS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
 
 
-def stress_table(rows: list[dict], labels: dict[str, str]) -> str:
+def stress_table(rows: list[dict], labels: dict[str, str], profile: str, stress: StressConfig) -> str:
     """Markdown: one row per shift, CSO-mAP of the grid oracle and of each method."""
     head = ["Shift", "Windows", "Grid oracle"] + [labels[m] for m in labels] + ["PhysFit PSF σ"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["# Stress: CSO-mAP on shifted scenes", "",
+             f"Profile: {profile} profile; {stress.trajectories} test trajectories simulated per shift (seed "
+             f"{stress.seed}), one window in {stress.window_stride} of each scored. The methods were trained, or "
+             "(PhysFit) given their scene priors, on the default data, and see the default sensor; the grid oracle "
+             "(ground truth on the HR grid, ranked by true brightness) is computed on each shift's own targets. "
+             "Regenerate with `dvc repro stress`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["shift"], str(row["windows"]), f"{row['grid_oracle']:.2f}"]
         cells += [f"{row['methods'][m]['cso_map']:.2f}" for m in labels]
@@ -75,7 +81,7 @@ def main(args: argparse.Namespace) -> None:
     write_json({"trajectories": stress.trajectories, "window_stride": stress.window_stride, "seed": stress.seed,
                 "rows": rows}, args.out)
     with atomic_path(args.table) as tmp:
-        tmp.write_text(stress_table(rows, labels))
+        tmp.write_text(stress_table(rows, labels, params.get("profile", PROFILES[0]), stress))
 
 
 if __name__ == "__main__":
