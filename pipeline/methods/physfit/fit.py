@@ -183,14 +183,10 @@ def _reorder(parts: list[tuple[np.ndarray, FitResult]], n: int, s: PhysFitSettin
 
 
 def unclipped_pixels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
-    """(F,) pixels of each frame (or window) strictly inside the sensor's range: about the
+    """(F,) pixels of each frame (or window) that :func:`censor_masks` leaves uncensored: about the
     expected whitened cost of a fit that explains the data (clipped pixels add almost nothing)."""
-    inside = np.ones(frames.shape, dtype=bool)
-    if s.saturation_aware and s.floor is not None:
-        inside &= frames > s.floor
-    if s.saturation_aware and s.full_scale is not None:
-        inside &= frames < s.full_scale
-    return np.maximum(inside.reshape(len(frames), -1).sum(axis=1), 1)
+    _, high, low = _prepare(frames, s)
+    return np.maximum((~(high | low)).sum(dim=1).numpy(), 1)
 
 
 def _relaxing(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
