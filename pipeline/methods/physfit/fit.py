@@ -12,7 +12,7 @@ import torch
 from pipeline.coords import Grid
 from pipeline.methods.physfit.forward_model import motion_basis
 from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks
-from pipeline.methods.physfit.proposals import (background_levels, centroids, collect_starts, draw_jitter,
+from pipeline.methods.physfit.proposals import (background_start, centroids, collect_starts, draw_jitter,
                                                 greedy_pursuit, initial_brightness)
 from pipeline.methods.physfit.settings import TINY, FitResult, PhysFitSettings
 from pipeline.methods.physfit.solver import covariance, fit_batched
@@ -35,7 +35,7 @@ def _positions(theta: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _n_params(k: int, m: int, s: PhysFitSettings) -> int:
-    """Effective number of free parameters: 3K + 2M (+ 1 background level), less the 2K - 3 cross
+    """Effective number of free parameters: 3K + 2M (+ B background coefficients), less the 2K - 3 cross
     constraints when the group prior is on (the soft radius prior is not counted)."""
     d = 3 * k + 2 * m + s.n_background
     if s.group_prior_sd > 0 and 2 <= k <= len(s.template_directions):
@@ -170,7 +170,7 @@ def _merge(results: list[FitResult], s: PhysFitSettings) -> FitResult:
 
 def _reorder(parts: list[tuple[np.ndarray, FitResult]], n: int, s: PhysFitSettings) -> FitResult:
     """One FitResult for n items from results of disjoint subsets (rows, result); parameter
-    vectors without a background level get a level of 0 (the same model)."""
+    vectors with fewer background coefficients are padded with zeros."""
     if len(parts) == 1:
         return parts[0][1]
     rows = np.concatenate([r for r, _ in parts])
@@ -210,7 +210,7 @@ def _relaxing(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
 
 def _by_background_model(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
     """``fit_subset(rows, settings)`` over all frames (or windows), with ``background="auto"``
-    resolved per item: a constant level where the median pixel exceeds the floor by more than
+    resolved per item: a smooth surface where the median pixel exceeds the floor by more than
     ``background_threshold``, none elsewhere."""
     n = len(frames)
 
@@ -222,7 +222,7 @@ def _by_background_model(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> 
     median = np.median(frames.reshape(n, -1), axis=1)
     lifted = median > (s.floor or 0.0) + s.background_threshold
     parts = [(rows, fit_relaxing(rows, dataclasses.replace(s, background=model)))
-             for rows, model in ((np.flatnonzero(~lifted), "none"), (np.flatnonzero(lifted), "constant")) if rows.size]
+             for rows, model in ((np.flatnonzero(~lifted), "none"), (np.flatnonzero(lifted), "smooth")) if rows.size]
     return _reorder(parts, n, s)
 
 
@@ -288,13 +288,14 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
     f = frames.shape[0]
     data, high, low = _prepare(frames, s)
     basis = motion_basis(1, 0)
-    level = background_levels(frames, s)
-    targets_only = frames - level[:, None, None]
+    start_background, surface = background_start(frames, s)
+    targets_only = frames - surface.reshape(frames.shape)
     centroid = centroids(targets_only, s)
     if s.use_pursuit:
         full_scale = s.full_scale if s.saturation_aware else None
         proposals = [greedy_pursuit(targets_only, phi, s.k_top,
-                                    full_scale=None if full_scale is None else full_scale - level)] + list(proposals)
+                                    full_scale=None if full_scale is None else full_scale - surface.max(axis=1))
+                     ] + list(proposals)
     problems, modes, costs = {}, {}, {}
 
     def fit_k(k: int, rows: np.ndarray) -> None:
@@ -305,9 +306,8 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
         pos = torch.from_numpy(starts.reshape(n * n_starts, k, 2))
         rep = torch.from_numpy(rows).repeat_interleave(n_starts)
         expanded = problem.subset(rep).with_prior(assign_directions(pos, s))
-        level0 = torch.from_numpy(level)[rep]
-        b0 = initial_brightness(expanded, pos, level0, s)
-        theta0 = torch.cat([pos[..., 0], pos[..., 1], b0, level0[:, None][:, :s.n_background]], dim=1)
+        b0 = initial_brightness(expanded, pos, torch.from_numpy(surface)[rep], s)
+        theta0 = torch.cat([pos[..., 0], pos[..., 1], b0, torch.from_numpy(start_background)[rep]], dim=1)
         theta, cost = fit_batched(expanded, theta0, s)
         found, found_cost = _distinct_modes(theta.reshape(n, n_starts, -1), cost.reshape(n, n_starts), k, s, keep)
         modes[k] = torch.zeros((f, keep, found.shape[2]), dtype=found.dtype)
@@ -377,7 +377,7 @@ def _frame_shift_estimate(windows: np.ndarray, s: PhysFitSettings) -> np.ndarray
     intensity centroids against tau (velocity); acceleration starts at 0."""
     b, w = windows.shape[:2]
     frames = windows.reshape(b * w, s.size, s.size)
-    cent = centroids(frames - background_levels(frames, s)[:, None, None], s).reshape(b, w, 2)
+    cent = centroids(frames - background_start(frames, s)[1].reshape(frames.shape), s).reshape(b, w, 2)
     out = np.zeros((b, s.motion_order, 2))
     if s.motion_order and w > 1:
         tau = motion_basis(w, 1).numpy()[:, 0]
@@ -435,7 +435,7 @@ def _fit_windows_block(windows: np.ndarray, s: PhysFitSettings, phi: np.ndarray 
         problems[k] = problem
         n_keep = single[k].shape[1]
         theta0 = torch.cat([single[k][..., :3 * k], motion0[:, None, :].expand(-1, n_keep, -1),
-                            single[k][..., 3 * k:]], dim=2)  # the motion terms go before the level
+                            single[k][..., 3 * k:]], dim=2)  # the motion terms go before the background
         run = worth[:, i:i + 1] & torch.isfinite(single_cost[k])  # (B, keep)
         cost = torch.full((b, n_keep), math.inf, dtype=theta0.dtype)
         theta = theta0.clone()

@@ -1,10 +1,12 @@
 """The imaging model of a (possibly moving) group of point targets and its analytic Jacobian.
 
 model(r, s) = sum_k b_k g(r - x_k) g(s - y_k), g the pixel integral of the Gaussian PSF
-(:func:`pipeline.physics.pixel_integral_1d`); g'(d) = phi_sigma(d + 1/2) - phi_sigma(d - 1/2).
+(:func:`pipeline.physics.pixel_integral_1d`); g'(d) = phi_sigma(d + 1/2) - phi_sigma(d - 1/2),
+plus, optionally, a smooth background surface (:func:`background_basis`).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -48,14 +50,29 @@ def motion_basis(n_frames: int, order: int, dtype=torch.float64) -> torch.Tensor
     return torch.stack(columns, dim=1)
 
 
+@functools.lru_cache(maxsize=16)
+def background_basis(size: int, degree: int) -> torch.Tensor:
+    """(size^2, B) smooth background surfaces of a frame: products P_i(u) P_j(v) of Legendre
+    polynomials with i + j <= ``degree`` (u, v the row and column rescaled to [-1, 1]), so
+    B = (degree + 1)(degree + 2) / 2; column 0 is the constant 1 (degree 0: a constant level)."""
+    u = torch.linspace(-1.0, 1.0, size, dtype=torch.float64)
+    legendre = [torch.ones_like(u), u]
+    for n in range(1, degree):
+        legendre.append(((2 * n + 1) * u * legendre[n] - n * legendre[n - 1]) / (n + 1))
+    columns = [torch.outer(legendre[i], legendre[total - i]).reshape(-1)
+               for total in range(degree + 1) for i in range(total, -1, -1)]
+    return torch.stack(columns, dim=1)
+
+
 def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: int,
-                       sigma: float, need_jacobian: bool = True, n_background: int = 0):
+                       sigma: float, need_jacobian: bool = True, background: torch.Tensor | None = None):
     """Rendered frames and the analytic Jacobian of a (possibly moving) group.
 
     theta: (N, D) with D = 3K + 2M + B: [x_1..x_K, y_1..y_K, b_1..b_K, (vx_j, vy_j) for j = 1..M,
-    (level if B = 1)], the level a constant added to every pixel of every frame.
-    basis: (W, M) motion basis (see :func:`motion_basis`); target k in frame w sits at
-    (x_k + sum_j vx_j basis[w, j], y_k + sum_j vy_j basis[w, j]).
+    (background coefficients c_1..c_B)], the background sum_i c_i background[:, i] the same in
+    every frame. basis: (W, M) motion basis (see :func:`motion_basis`); target k in frame w sits at
+    (x_k + sum_j vx_j basis[w, j], y_k + sum_j vy_j basis[w, j]). background: (size^2, B)
+    surfaces (see :func:`background_basis`), or None for targets on a zero floor.
     Returns model (N, R) with R = W * size^2 (frame-major, then row-major pixels) and the
     TRANSPOSED Jacobian jt (N, D, R) = d model / d theta (None when not needed).
     """
@@ -70,8 +87,10 @@ def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: i
     gy, dgy = profiles(ys, size, sigma)
     bgx = b[:, :, None, None] * gx
     model = torch.einsum("nkwr,nkws->nwrs", bgx, gy).reshape(n, w * p)
+    n_background = 0 if background is None else background.shape[1]
     if n_background:
-        model = model + theta[:, -1:]
+        surface = theta[:, -n_background:] @ background.T  # (N, P)
+        model = (model.reshape(n, w, p) + surface[:, None, :]).reshape(n, w * p)
     if not need_jacobian:
         return model, None
     jx = (b[:, :, None, None, None] * dgx[..., :, None] * gy[..., None, :]).reshape(n, k, w * p)
@@ -85,7 +104,7 @@ def model_and_jacobian(theta: torch.Tensor, k: int, basis: torch.Tensor, size: i
         jm = torch.stack([sx * per_term, sy * per_term], dim=2)  # (N, M, 2, W, P)
         columns.append(jm.reshape(n, 2 * m, w * p))
     if n_background:
-        columns.append(torch.ones_like(model)[:, None, :])
+        columns.append(background.T.repeat(1, w)[None].expand(n, -1, -1))
     return model, torch.cat(columns, dim=1)
 
 

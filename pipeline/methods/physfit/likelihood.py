@@ -92,7 +92,7 @@ def evaluate(problem: Problem, theta: torch.Tensor, need_normal: bool = True):
     Gauss-Newton normal matrix A = J^T J (N, D, D) and gradient g = J^T r (N, D)."""
     s = problem.settings
     model, jt = model_and_jacobian(theta, problem.k, problem.basis, s.size, s.psf_sigma, need_normal,
-                                   s.n_background)
+                                   s.background_surfaces)
     r, c = _whitened(problem, model)
     cost = (r * r).sum(dim=1)
     a = g = None

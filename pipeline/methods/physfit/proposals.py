@@ -149,24 +149,50 @@ def collect_starts(k: int, centroid: np.ndarray, proposals: Sequence[np.ndarray]
     return np.stack(starts, axis=1)
 
 
-def background_levels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
-    """(F,) start of the background level of each frame (or window): its median pixel, which the
-    few pixels of a group do not move; zeros for ``background="none"``."""
+def background_start(frames: np.ndarray, s: PhysFitSettings, passes: int = 3,
+                     outlier_sd: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Start of the background of each frame: coefficients (F, B) of the settings' surfaces and
+    the surface itself (F, m^2); (F, 0) and zeros for ``background="none"``.
+
+    A constant level starts at the median pixel, which the few pixels of a group do not move. A
+    smooth surface is fitted by least squares in ``passes`` rounds, each dropping the pixels that
+    sit more than ``outlier_sd`` robust sds (1.4826 x the median absolute residual) above the
+    previous round's surface -- the targets -- and the clipped pixels.
+    """
     flat = np.asarray(frames, dtype=np.float64).reshape(len(frames), -1)
-    return np.median(flat, axis=1) if s.n_background else np.zeros(len(flat))
+    surfaces = s.background_surfaces
+    if surfaces is None:
+        return np.zeros((len(flat), 0)), np.zeros_like(flat)
+    basis = surfaces.numpy()
+    if basis.shape[1] == 1:
+        coefficients = np.median(flat, axis=1, keepdims=True)
+        return coefficients, coefficients @ basis.T
+    usable = np.ones_like(flat, dtype=bool)
+    if s.saturation_aware:
+        usable &= (flat < s.full_scale) if s.full_scale is not None else True
+        usable &= (flat > s.floor) if s.floor is not None else True
+    weights = usable.astype(np.float64)
+    for _ in range(passes):
+        gram = np.einsum("pb,fp,pc->fbc", basis, weights, basis)
+        gram += RIDGE * np.trace(gram, axis1=1, axis2=2)[:, None, None] * np.eye(basis.shape[1])
+        coefficients = np.linalg.solve(gram, np.einsum("pb,fp->fb", basis, weights * flat)[..., None])[..., 0]
+        residual = flat - coefficients @ basis.T
+        spread = 1.4826 * np.median(np.abs(residual), axis=1, keepdims=True) + s.noise_sd
+        weights = (usable & (residual <= outlier_sd * spread)).astype(np.float64)
+    return coefficients, coefficients @ basis.T
 
 
-def initial_brightness(problem: Problem, positions: torch.Tensor, level: torch.Tensor,
+def initial_brightness(problem: Problem, positions: torch.Tensor, surface: torch.Tensor,
                        s: PhysFitSettings) -> torch.Tensor:
     """Least-squares brightness (N, K) for fixed positions (N, K, 2) of static targets on a
-    background ``level`` (N,), using the uncensored pixels of the first frame, clipped to the
+    background ``surface`` (N, m^2), using the uncensored pixels of the first frame, clipped to the
     brightness box."""
     k = positions.shape[1]
     gx, _ = profiles(positions[..., 0], s.size, s.psf_sigma)
     gy, _ = profiles(positions[..., 1], s.size, s.psf_sigma)
     p = s.size * s.size
     atoms = (gx[..., :, None] * gy[..., None, :]).reshape(-1, k, p).transpose(1, 2)  # (N, P, K)
-    data = problem.data[:, :p] - level[:, None]
+    data = problem.data[:, :p] - surface
     usable = (~(problem.high[:, :p] | problem.low[:, :p])).to(data.dtype)
     atoms_w = atoms * usable[..., None]
     gram = atoms_w.transpose(1, 2) @ atoms_w

@@ -6,7 +6,9 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 
+from pipeline.methods.physfit.forward_model import background_basis
 from pipeline.priors import ScenePriors
 from pipeline.sensor import Sensor
 
@@ -14,7 +16,7 @@ from pipeline.sensor import Sensor
 TINY = 1e-12  # floor of divisors and of the square-root residual
 RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
 INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
-BACKGROUND_MODELS = ("none", "constant", "auto")  # a level shared by the pixels (and frames) of a fit
+BACKGROUND_MODELS = ("none", "constant", "smooth", "auto")  # what the targets of a fit sit on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +44,12 @@ class PhysFitSettings:
         bic_penalty: multiplier of D ln(n) in the information criterion.
         motion_order: 0 = static, 1 = + velocity, 2 = + acceleration (windows only).
         background: "none" (targets on a zero floor), "constant" (one free level per frame, or per
-        window in the joint fit, started at the median pixel; for data with a background) or "auto"
-        (constant for the frames or windows whose median pixel exceeds the floor by more than
-        background_threshold counts, none for the others).
+        window in the joint fit), "smooth" (a free surface: the Legendre polynomials in row and
+        column of total degree <= background_degree, shared by the frames of a window; structured
+        clutter) or "auto" (smooth for the frames or windows whose median pixel exceeds the floor
+        by more than background_threshold counts, none for the others). The background starts at
+        a least-squares fit to the pixels that the targets leave alone (see
+        :func:`pipeline.methods.physfit.proposals.background_start`).
     Group prior (optional; the SeqCSIST geometry: targets on distinct compass arms of a common
     reference point at a common distance)
         group_prior_sd: sd (LR px) of each target's deviation from the best-fitting cross
@@ -112,6 +117,7 @@ class PhysFitSettings:
     bic_penalty: float = 1.0
     motion_order: int = 1
     background: str = "none"
+    background_degree: int = 8
     background_threshold: float = 1.0
     group_prior_sd: float = 0.0
     group_radius: float = 0.315
@@ -170,6 +176,8 @@ class PhysFitSettings:
             raise ValueError(f"censoring must be 'tobit' or 'hard', got {self.censoring!r}")
         if self.background not in BACKGROUND_MODELS:
             raise ValueError(f"background must be one of {BACKGROUND_MODELS}, got {self.background!r}")
+        if self.background_degree < 0:
+            raise ValueError(f"background_degree must be >= 0, got {self.background_degree}")
         if self.motion_order not in (0, 1, 2):
             raise ValueError(f"motion_order must be 0, 1 or 2, got {self.motion_order}")
         if self.psf_sigma <= 0 or self.min_sd <= 0 or self.score_scale <= 0:
@@ -183,9 +191,21 @@ class PhysFitSettings:
         return max(math.sqrt(self.noise_sigma ** 2 + self.quantum ** 2 / 12.0), self.min_sd)
 
     @property
+    def background_surfaces(self) -> torch.Tensor | None:
+        """(size^2, B) background surfaces of a fit (see
+        :func:`pipeline.methods.physfit.forward_model.background_basis`), None without a background
+        ("none", and "auto" before it is resolved per frame)."""
+        if self.background == "constant":
+            return background_basis(self.size, 0)
+        if self.background == "smooth":
+            return background_basis(self.size, self.background_degree)
+        return None
+
+    @property
     def n_background(self) -> int:
-        """Background parameters of a fit: 1 for a constant level, else 0."""
-        return int(self.background == "constant")
+        """Background parameters of a fit: B, the number of surfaces (0 without a background)."""
+        surfaces = self.background_surfaces
+        return 0 if surfaces is None else surfaces.shape[1]
 
     @property
     def k_values(self) -> list[int]:
@@ -244,8 +264,9 @@ class FitResult:
     bic: (F, n_K) information criterion per K in ``k_values``; chi2: (F, n_K) whitened cost.
     k_values: (n_K,) the K tried.
     params: dict K -> (F, D_K) lowest-cost parameter vector for that K,
-        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y)), (level)] (motion terms for windows
-        only; the level with ``background="constant"``; positions of the middle frame).
+        [x_1..x_K, y_1..y_K, b_1..b_K, (v_x, v_y) (, (a_x, a_y)), (c_1..c_B)] (motion terms for
+        windows only; the B background coefficients with a background; positions of the middle
+        frame).
     """
 
     detections: list[np.ndarray]
