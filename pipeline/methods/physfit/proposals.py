@@ -10,7 +10,7 @@ import torch
 
 from pipeline.coords import Grid
 from pipeline.methods.physfit.forward_model import profiles
-from pipeline.methods.physfit.likelihood import Problem
+from pipeline.methods.physfit.likelihood import Problem, censor_masks
 from pipeline.methods.physfit.settings import RIDGE, TINY, PhysFitSettings
 
 
@@ -167,10 +167,8 @@ def background_start(frames: np.ndarray, s: PhysFitSettings, passes: int = 3,
     if basis.shape[1] == 1:
         coefficients = np.median(flat, axis=1, keepdims=True)
         return coefficients, coefficients @ basis.T
-    usable = np.ones_like(flat, dtype=bool)
-    if s.saturation_aware:
-        usable &= (flat < s.full_scale) if s.full_scale is not None else True
-        usable &= (flat > s.floor) if s.floor is not None else True
+    high, low = censor_masks(torch.from_numpy(flat), s)
+    usable = ~(high | low).numpy()
     weights = usable.astype(np.float64)
     for _ in range(passes):
         gram = np.einsum("pb,fp,pc->fbc", basis, weights, basis)
