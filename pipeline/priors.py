@@ -1,5 +1,6 @@
 """Scene priors estimated from the training split: what PhysFit may know of the scenes beyond the
-calibrated sensor (brightness range, target counts, group size, PSF width, background level).
+calibrated sensor (brightness range, target counts, group size and shape, PSF width, background
+level).
 
 A real sensor gives the PSF, bit depth, saturation and noise (:class:`~pipeline.sensor.Sensor`);
 everything about the *scenes* must be learnt from data, as the networks learn it. This module
@@ -9,6 +10,7 @@ measures it on the annotated training split; the ``priors`` stage writes the res
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Mapping
 
 import numpy as np
@@ -22,6 +24,8 @@ from pipeline.sensor import Sensor
 
 BRIGHTNESS_QUANTILES = (0.01, 0.99)  # the brightness range is the central 98% of training targets
 PSF_SEARCH = (0.5, 2.0)  # the PSF std is searched in [0.5, 2] x the sensor's value
+COMPASS_DIRECTIONS = ((-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))  # unit (dx, dy): up, down, left, right
+CROSS_QUANTILE = 0.99  # the cross deviation reported is this quantile over the training groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,10 @@ class ScenePriors:
     k_min, k_max: fewest and most targets in a training frame.
     spread: median distance of a target from the centroid of its frame's targets.
     separation: median distance of a target to its nearest neighbour (frames with >= 2 targets).
+    cross_deviation: how far the training groups are from compass crosses: the 99th percentile,
+        over frames with 2-4 targets, of the rms distance of the targets from the best-fitting
+        cross (a common point plus one common distance along distinct compass directions);
+        ``spread`` when no frame has 2-4 targets.
     psf_sigma: Gaussian PSF std that best renders the training frames from their annotations
         (unclipped pixels, a constant level per frame fitted alongside); compare with the sensor's.
     background: median pixel value of the training frames.
@@ -44,6 +52,7 @@ class ScenePriors:
     k_max: int
     spread: float
     separation: float
+    cross_deviation: float
     psf_sigma: float
     background: float
     frames: int
@@ -100,6 +109,36 @@ def _geometry(positions: np.ndarray) -> tuple[float, float]:
     return float(np.nanmedian(to_centre)), float(np.median(nearest)) if nearest.size else 0.0
 
 
+def cross_deviations(positions: np.ndarray, directions=COMPASS_DIRECTIONS) -> np.ndarray:
+    """Rms distance (LR px) of each group's targets from its best-fitting cross: a common point
+    plus one common distance r >= 0 along distinct ``directions`` (least squares over every
+    assignment of directions to targets).
+
+    positions: (N, K, 2) groups of 2 <= K <= len(directions) targets. Returns (N,).
+    """
+    n, k, _ = positions.shape
+    dirs = np.asarray(directions, dtype=np.float64)
+    stacked = np.concatenate([positions[..., 0], positions[..., 1]], axis=1)  # (N, 2K)
+    best = np.full(n, np.inf)
+    for assignment in itertools.permutations(range(len(dirs)), k):
+        design = np.zeros((2 * k, 3))
+        design[:k, 0] = design[k:, 1] = 1.0
+        design[:k, 2], design[k:, 2] = dirs[list(assignment), 0], dirs[list(assignment), 1]
+        coefficients = stacked @ np.linalg.pinv(design).T  # (N, 3): point x, point y, distance
+        rms = np.sqrt(((stacked - coefficients @ design.T) ** 2).sum(axis=1) / k)
+        best = np.minimum(best, np.where(coefficients[:, 2] >= 0, rms, np.inf))
+    return best
+
+
+def _cross_deviation(positions: np.ndarray, spread: float) -> float:
+    """CROSS_QUANTILE of :func:`cross_deviations` over the groups of 2-4 targets of NaN-padded
+    positions (N, K_max, 2); ``spread`` when there are none."""
+    counts = (~np.isnan(positions[..., 0])).sum(axis=1)
+    found = [cross_deviations(positions[counts == k][:, :k]) for k in range(2, len(COMPASS_DIRECTIONS) + 1)
+             if np.any(counts == k)]
+    return float(np.quantile(np.concatenate(found), CROSS_QUANTILE)) if found else spread
+
+
 def estimate_psf_sigma(images: np.ndarray, x: np.ndarray, y: np.ndarray, brightness: np.ndarray,
                        sensor: Sensor) -> float:
     """Gaussian PSF std (LR px) that renders ``images`` (N, m, m) best from the annotated targets
@@ -147,5 +186,6 @@ def estimate_priors(data: SplitData, sensor: Sensor, psf_frames: int) -> ScenePr
         arrays[:, i, :len(truth)] = truth.T
     sigma = estimate_psf_sigma(data.images[t, f], arrays[0], arrays[1], arrays[2], sensor)
     return ScenePriors(brightness_low=float(low), brightness_high=float(high), k_min=int(counts.min()),
-                       k_max=int(counts.max()), spread=spread, separation=separation, psf_sigma=sigma,
+                       k_max=int(counts.max()), spread=spread, separation=separation,
+                       cross_deviation=_cross_deviation(positions, spread), psf_sigma=sigma,
                        background=float(np.median(data.images)), frames=int(n_total), targets=int(len(targets)))

@@ -436,7 +436,7 @@ def test_smooth_background_fits_structured_clutter():
 def scene_priors(**fields) -> ScenePriors:
     """Priors as the priors stage measures them on the default training split."""
     base = dict(brightness_low=220.3, brightness_high=249.7, k_min=2, k_max=4, spread=0.306, separation=0.434,
-                psf_sigma=0.5, background=0.0, frames=1000, targets=3000)
+                cross_deviation=0.0019, psf_sigma=0.5, background=0.0, frames=1000, targets=3000)
     return ScenePriors(**{**base, **fields})
 
 
@@ -447,10 +447,34 @@ def test_settings_for_scene_take_the_scene_from_the_priors_only():
     assert (s.k_max, s.k_top, s.template_radius) == (7, 8, 0.2)
     assert s.dim_brightness == pytest.approx(110.15)
     assert physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=8), k_limit=8).k_max == 8
+    assert (s.group_prior_sd, s.group_radius, s.group_radius_sd) == (0.01 * 0.2, 0.2, 0.2)  # a floored cross
+    crosses = physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(cross_deviation=0.02))
+    assert crosses.group_prior_sd == 0.02
+    assert physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(cross_deviation=0.1)).group_prior_sd == 0.0
     with pytest.raises(ValueError, match="brightness_headroom"):
         physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(), brightness_headroom=0.5)
     with pytest.raises(ValueError, match="k_limit"):
         settings_for(8, k_max=5, k_limit=4)
+
+
+def test_the_group_prior_is_freed_where_the_groups_are_no_crosses():
+    """Groups of three at random in a 0.4 px disc against a stiff cross prior: the prior's fits
+    are rejected and refitted without it, which finds the groups; on crosses the prior is kept."""
+    rng = np.random.default_rng(171)
+    n = 6
+    angle, radius = rng.uniform(0, 2 * np.pi, (n, 3)), 0.4 * np.sqrt(rng.uniform(0.3, 1.0, (n, 3)))
+    pos = rng.uniform(4.0, 6.0, (n, 1, 2)) + radius[..., None] * np.stack([np.cos(angle), np.sin(angle)], axis=2)
+    frames = np.clip(np.round(render_batch(pos[..., 0], pos[..., 1], rng.uniform(220, 250, (n, 3)))), 0, 255)
+    crossed = settings_for(8, group_prior_sd=0.003, group_radius=0.3, group_radius_sd=0.3)
+    result = fit_frames_detailed(frames, crossed)
+    assert np.all(result.k == 3)
+    assert np.median(max_matched_error(result.detections, pos)) < 0.03
+    stiff_only = fit_frames_detailed(frames, crossed, relax_misfit=1e12)  # never freed
+    assert np.median(max_matched_error(stiff_only.detections, pos)) > 0.05
+    cross_pos, b = groups(n, 3, seed=172)
+    on_crosses = fit_frames_detailed(np.clip(np.round(render_batch(cross_pos[..., 0], cross_pos[..., 1], b)), 0, 255),
+                                     crossed)
+    assert np.median(max_matched_error(on_crosses.detections, cross_pos)) < 0.01
 
 
 def test_counts_above_k_max_are_tried_where_the_largest_k_wins():

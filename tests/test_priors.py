@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, SimulateConfig, StressConfig
 from pipeline.data import load_split_tables
-from pipeline.priors import ScenePriors, estimate_priors, estimate_psf_sigma
+from pipeline.priors import ScenePriors, cross_deviations, estimate_priors, estimate_psf_sigma
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 
@@ -26,6 +26,7 @@ def test_priors_measure_the_simulated_scenes(small_simulate, sensor):
     assert 0.2 < priors.spread < 0.4 and priors.separation == pytest.approx(0.3 * np.sqrt(2), abs=0.02)
     assert priors.psf_sigma == pytest.approx(sensor.psf_sigma, abs=2e-3)
     assert priors.background == 0.0 and priors.frames == 12 * small_simulate["frames"]
+    assert priors.cross_deviation < 0.01  # compass arms; only the outward drift bends them
 
 
 def test_priors_follow_a_shifted_scene(small_simulate, sensor):
@@ -38,6 +39,20 @@ def test_priors_follow_a_shifted_scene(small_simulate, sensor):
     assert priors.k_min >= 5 and priors.k_max <= 6
     assert priors.psf_sigma == pytest.approx(0.55, abs=5e-3)
     assert 20.0 <= priors.background <= 30.0
+    disc = estimate_priors(training_split({**small_simulate, "layout": "disc", "distance": 0.5}, sensor), sensor,
+                           psf_frames=16)
+    assert disc.cross_deviation > 0.1 * disc.spread  # groups at random in a disc are no crosses
+
+
+def test_cross_deviation_is_the_distance_from_the_best_compass_cross():
+    point = np.array([4.0, 6.0])
+    cross = point + 0.3 * np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # up, right, down
+    bent = cross + np.array([[0.0, 0.03], [0.0, 0.0], [0.0, 0.0]])  # one target 0.03 px off its arm
+    angles = np.radians([90.0, 210.0, 330.0])
+    triangle = point + 0.3 * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # 120 degrees apart
+    deviation = cross_deviations(np.stack([cross, bent]))
+    assert deviation[0] == pytest.approx(0.0, abs=1e-12) and 0.005 < deviation[1] < 0.03
+    assert cross_deviations(triangle[None])[0] > 0.05  # no three compass arms are 120 degrees apart
 
 
 def test_psf_fit_ignores_clipped_pixels(sensor):
@@ -48,7 +63,7 @@ def test_psf_fit_ignores_clipped_pixels(sensor):
 
 
 def test_priors_json_errors_name_the_file():
-    given = ScenePriors(220.0, 250.0, 2, 4, 0.3, 0.42, 0.5, 0.0, 10, 30).to_dict()
+    given = ScenePriors(220.0, 250.0, 2, 4, 0.3, 0.42, 0.002, 0.5, 0.0, 10, 30).to_dict()
     assert ScenePriors.from_dict(given) == ScenePriors(**given)
     with pytest.raises(ConfigError, match="reports/priors.json: missing scene prior"):
         ScenePriors.from_dict({k: v for k, v in given.items() if k != "spread"}, "reports/priors.json")

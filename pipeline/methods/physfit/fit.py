@@ -189,23 +189,38 @@ def unclipped_pixels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
     return np.maximum((~(high | low)).sum(dim=1).numpy(), 1)
 
 
+def _relaxations(s: PhysFitSettings) -> list[PhysFitSettings]:
+    """The fallback settings of ``s``, tried in this order where the data reject the fit so far:
+    the group shape freed (with a group prior), the brightness widened to ``brightness_limits``
+    (when set), and both."""
+    shaped = s.group_prior_sd > 0
+    out = [dataclasses.replace(s, group_prior_sd=0.0)] if shaped else []
+    if s.brightness_limits is not None:
+        low, high = s.brightness_limits
+        wide = dataclasses.replace(s, brightness_min=low, brightness_max=high, brightness_limits=None)
+        out += [wide, dataclasses.replace(wide, group_prior_sd=0.0)] if shaped else [wide]
+    return out
+
+
 def _relaxing(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
-    """``fit_subset(rows, settings)`` within the brightness box, then, where the data reject the
-    fit (whitened cost above ``relax_misfit`` times the unclipped pixels), again within the wider
-    ``brightness_limits``; per item the fit with the lower BIC is kept."""
+    """``fit_subset(rows, settings)`` with the priors of ``s`` (brightness box, group shape), then,
+    one fallback of :func:`_relaxations` at a time, again for the frames or windows whose best fit
+    so far the data reject (whitened cost above ``relax_misfit`` times their unclipped pixels); per
+    item the fit with the lowest BIC is kept -- the priors first, relaxed where the data reject
+    them."""
     n = len(frames)
-    first = fit_subset(np.arange(n), s)
-    if s.brightness_limits is None:
-        return first
-    rows = np.flatnonzero(first.misfit() > s.relax_misfit * unclipped_pixels(frames, s))
-    if rows.size == 0:
-        return first
-    low, high = s.brightness_limits
-    wide = fit_subset(rows, dataclasses.replace(s, brightness_min=low, brightness_max=high, brightness_limits=None))
-    better = wide.bic.min(axis=1) < first.bic[rows].min(axis=1)
-    keep = np.setdiff1d(np.arange(n), rows[better])
-    parts = [(keep, first.take(keep)), (rows[better], wide.take(np.flatnonzero(better)))]
-    return _reorder([(r, part) for r, part in parts if r.size], n, s)
+    best = fit_subset(np.arange(n), s)
+    limit = s.relax_misfit * unclipped_pixels(frames, s)
+    for fallback in _relaxations(s):
+        rows = np.flatnonzero(best.misfit() > limit)
+        if rows.size == 0:
+            break
+        retry = fit_subset(rows, fallback)
+        better = retry.bic.min(axis=1) < best.bic[rows].min(axis=1)
+        keep = np.setdiff1d(np.arange(n), rows[better])
+        parts = [(keep, best.take(keep)), (rows[better], retry.take(np.flatnonzero(better)))]
+        best = _reorder([(r, part) for r, part in parts if r.size], n, s)
+    return best
 
 
 def _by_background_model(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:

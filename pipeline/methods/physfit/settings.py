@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.methods.physfit.forward_model import background_basis
-from pipeline.priors import ScenePriors
+from pipeline.priors import COMPASS_DIRECTIONS, ScenePriors
 from pipeline.sensor import Sensor
 
 # Numerical guards only (not model knobs; the model's numbers are PhysFitSettings fields):
@@ -124,7 +124,7 @@ class PhysFitSettings:
     group_radius_sd: float = 0.03
     use_pursuit: bool = True
     template_radius: float = 0.3
-    template_directions: tuple[tuple[float, float], ...] = ((-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))
+    template_directions: tuple[tuple[float, float], ...] = COMPASS_DIRECTIONS
     ring_rotations: int = 2
     random_starts: int = 2
     start_jitter: float = 0.25
@@ -230,24 +230,33 @@ class PhysFitSettings:
 
     @classmethod
     def for_scene(cls, sensor: Sensor, priors: ScenePriors, brightness_margin: float = 0.0,
-                  brightness_headroom: float = 4.0, **fields) -> "PhysFitSettings":
+                  brightness_headroom: float = 4.0, cross_tolerance: float = 0.1, cross_floor: float = 0.01,
+                  **fields) -> "PhysFitSettings":
         """Settings for ``sensor`` with the scene knowledge taken from training-split ``priors``
         (see :mod:`pipeline.priors`), none from the simulator's configuration: brightness bounded
         to the training range widened by ``brightness_margin`` (relative), relaxed to
         [low / h, high * h] (h = ``brightness_headroom``) where the data reject it (scenes
         brighter or dimmer than the training ones), K tried up to one more than the most seen in training,
         cross starts at the training groups' spread, and detections dimmer than half the training
-        range ranked below the others. ``fields`` override any of these."""
-        if brightness_headroom < 1 or not 0 <= brightness_margin < 1:
-            raise ValueError(f"need brightness_headroom >= 1 and 0 <= brightness_margin < 1, got "
-                             f"{brightness_headroom}, {brightness_margin}")
+        range ranked below the others. Where the training groups are compass crosses (their
+        ``cross_deviation`` at most ``cross_tolerance`` x their spread) the group prior holds them
+        to a cross within that deviation (at least ``cross_floor`` x the spread), with a weak prior
+        (sd one spread) on its size; the fit frees the shape where the data reject it. ``fields``
+        override any of these."""
+        if brightness_headroom < 1 or not 0 <= brightness_margin < 1 or cross_tolerance < 0 or cross_floor <= 0:
+            raise ValueError(f"need brightness_headroom >= 1, 0 <= brightness_margin < 1, cross_tolerance >= 0 and "
+                             f"cross_floor > 0, got {brightness_headroom}, {brightness_margin}, {cross_tolerance}, "
+                             f"{cross_floor}")
+        crosses = priors.cross_deviation <= cross_tolerance * priors.spread
         scene = dict(brightness_min=priors.brightness_low * (1.0 - brightness_margin),
                      brightness_max=priors.brightness_high * (1.0 + brightness_margin),
                      brightness_limits=(priors.brightness_low / brightness_headroom,
                                         priors.brightness_high * brightness_headroom),
                      k_max=min(priors.k_max + 1, fields.get("k_limit") or priors.k_max + 1),
                      template_radius=priors.spread,
-                     dim_brightness=priors.brightness_low / 2.0)
+                     dim_brightness=priors.brightness_low / 2.0,
+                     group_prior_sd=max(priors.cross_deviation, cross_floor * priors.spread) if crosses else 0.0,
+                     group_radius=priors.spread, group_radius_sd=priors.spread)
         scene.update(fields)
         return cls.for_sensor(sensor, **scene)
 
