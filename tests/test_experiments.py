@@ -222,18 +222,23 @@ def test_queue_two_experiments_run_them_and_collect(tmp_path):
 
 def test_the_repository_groups_are_valid():
     """experiments.yaml: every group loads, sets only keys params.yaml has (the method's included)
-    and names published rows that exist in the reference file."""
+    and names published rows that exist in the reference file (a method the paper's Table VII
+    does not hold, DISTA-Net, cites none)."""
+    import pandas as pd
+
     from pipeline.config import read_params
 
     groups = yaml.safe_load((ROOT / "experiments.yaml").read_text())
     params = read_params(ROOT / "params.yaml")
     published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv")
     known = set(zip(published["table"], published["row"]))
+    in_table7 = set(pd.read_csv(ROOT / "reference/seqcsist_table7.csv")["method_id"])
     for name in groups:
         group = load_group(ROOT / "experiments.yaml", name)
         check_keys(group, params)
         assert all(group.method_of(row) in params["methods"] for row in group.rows)
-        missing = [(row.table, row.row) for row in group.rows if (row.table, row.row) not in known]
+        missing = [(row.table, row.row) for row in group.rows if (row.table, row.row) not in known
+                   and not (row.table == "VII" and group.method_of(row) not in in_table7)]
         assert not missing, missing
 
 
