@@ -10,6 +10,7 @@ measures it on the annotated training split; the ``priors`` stage writes the res
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Mapping
 
@@ -109,25 +110,61 @@ def _geometry(positions: np.ndarray) -> tuple[float, float]:
     return float(np.nanmedian(to_centre)), float(np.median(nearest)) if nearest.size else 0.0
 
 
-def cross_deviations(positions: np.ndarray, directions=COMPASS_DIRECTIONS) -> np.ndarray:
-    """Rms distance (LR px) of each group's targets from its best-fitting cross: a common point
-    plus one common distance r >= 0 along distinct ``directions`` (least squares over every
-    assignment of directions to targets).
-
-    positions: (N, K, 2) groups of 2 <= K <= len(directions) targets. Returns (N,).
-    """
-    n, k, _ = positions.shape
+def refine_directions(directions) -> tuple[tuple[float, float], ...]:
+    """The unit ``directions`` (dx, dy) followed by the bisector of every two angularly adjacent
+    ones: a rose of twice the arms at half the angular step (the compass cross -> its eight points)."""
     dirs = np.asarray(directions, dtype=np.float64)
-    stacked = np.concatenate([positions[..., 0], positions[..., 1]], axis=1)  # (N, 2K)
-    best = np.full(n, np.inf)
-    for assignment in itertools.permutations(range(len(dirs)), k):
-        design = np.zeros((2 * k, 3))
-        design[:k, 0] = design[k:, 1] = 1.0
-        design[:k, 2], design[k:, 2] = dirs[list(assignment), 0], dirs[list(assignment), 1]
-        coefficients = stacked @ np.linalg.pinv(design).T  # (N, 3): point x, point y, distance
-        rms = np.sqrt(((stacked - coefficients @ design.T) ** 2).sum(axis=1) / k)
-        best = np.minimum(best, np.where(coefficients[:, 2] >= 0, rms, np.inf))
-    return best
+    angle = np.sort(np.arctan2(dirs[:, 1], dirs[:, 0]))
+    gap = np.diff(np.append(angle, angle[0] + 2.0 * np.pi))
+    middle = angle + gap / 2.0
+    bisectors = np.stack([np.cos(middle), np.sin(middle)], axis=1)
+    return tuple(map(tuple, dirs.tolist())) + tuple(map(tuple, bisectors.tolist()))
+
+
+@functools.lru_cache(maxsize=64)
+def _ordered_assignments(directions: tuple[tuple[float, float], ...], k: int) -> np.ndarray:
+    """(C, K, 2): for every K-subset of ``directions`` and every cyclic shift h, the direction of
+    the i-th target in angular order, subset[(i + h) mod K] (the subset sorted by angle)."""
+    dirs = np.asarray(directions, dtype=np.float64)
+    by_angle = dirs[np.argsort(np.arctan2(dirs[:, 1], dirs[:, 0]))]
+    return np.stack([np.roll(by_angle[list(subset)], -shift, axis=0)
+                     for subset in itertools.combinations(range(len(dirs)), k) for shift in range(k)])
+
+
+def best_crosses(positions: np.ndarray, directions=COMPASS_DIRECTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fitting cross of each group: a common point c plus one common distance r >= 0 along
+    distinct ``directions`` d_k, least squares.
+
+    positions: (N, K, 2) groups of 2 <= K <= len(directions) targets (LR px). Returns the rms
+    distance of the targets from that cross (N,) and the direction of each target (N, K, 2).
+    For given directions the fit is closed-form: r = max(0, sum (p_k - p_mean).(d_k - d_mean)) /
+    sum |d_k - d_mean|^2, c = p_mean - r d_mean. The directions tried are every K-subset matched
+    to the targets in their angular order around the group's centroid (the order of points on a
+    circle seen from inside their hull), at every cyclic shift: C(n, K) K options for n directions
+    instead of n! / (n - K)!.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    n, k, _ = positions.shape
+    if not 2 <= k <= len(directions):
+        raise ValueError(f"a cross of {len(directions)} directions holds 2 to {len(directions)} targets, got {k}")
+    centred = positions - positions.mean(axis=1, keepdims=True)
+    order = np.argsort(np.arctan2(centred[..., 1], centred[..., 0]), axis=1, kind="stable")  # (N, K)
+    ranked = np.take_along_axis(centred, order[..., None], axis=1)
+    options = _ordered_assignments(tuple(map(tuple, np.asarray(directions, dtype=np.float64).tolist())), k)
+    options_centred = options - options.mean(axis=1, keepdims=True)
+    overlap = np.einsum("nki,cki->nc", ranked, options_centred).clip(min=0.0)  # r >= 0
+    misfit = (ranked ** 2).sum(axis=(1, 2))[:, None] - overlap ** 2 / (options_centred ** 2).sum(axis=(1, 2))
+    best = misfit.argmin(axis=1)
+    assigned = np.empty_like(positions)
+    np.put_along_axis(assigned, order[..., None], options[best], axis=1)
+    rms = np.sqrt(np.maximum(misfit[np.arange(n), best], 0.0) / k)
+    return rms, assigned
+
+
+def cross_deviations(positions: np.ndarray, directions=COMPASS_DIRECTIONS) -> np.ndarray:
+    """Rms distance (LR px) of each group's targets (N, K, 2) from its best-fitting cross (see
+    :func:`best_crosses`). Returns (N,)."""
+    return best_crosses(positions, directions)[0]
 
 
 def _cross_deviation(positions: np.ndarray, spread: float) -> float:

@@ -17,7 +17,7 @@ from pipeline.methods.physfit.forward_model import background_basis, motion_basi
 from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks, evaluate
 from pipeline.methods.physfit.proposals import background_start
 from pipeline.physics import build_phi_closed_form, pixel_integral_1d, render_batch
-from pipeline.priors import ScenePriors
+from pipeline.priors import COMPASS_DIRECTIONS, ScenePriors, refine_directions
 from pipeline.sensor import Sensor
 from pipeline.simulate import clutter_backgrounds
 
@@ -475,6 +475,41 @@ def test_the_group_prior_is_freed_where_the_groups_are_no_crosses():
     on_crosses = fit_frames_detailed(np.clip(np.round(render_batch(cross_pos[..., 0], cross_pos[..., 1], b)), 0, 255),
                                      crossed)
     assert np.median(max_matched_error(on_crosses.detections, cross_pos)) < 0.01
+
+
+def test_groups_beyond_the_cross_are_held_to_the_rose():
+    """Six targets on six of the eight rose arms (more than the cross holds) in 8-bit windows:
+    with the arms refined once they are found within 0.02 px (of the 28 six-arm templates, the
+    ``max_starts`` that explain a frame best are fitted); freed (no refinement) the saturated core
+    leaves them 0.1-0.2 px off."""
+    rng = np.random.default_rng(5)
+    n, k = 6, 6
+    rose = np.asarray(refine_directions(COMPASS_DIRECTIONS))
+    arms = np.stack([rose[rng.permutation(8)[:k]] for _ in range(n)])[:, None]
+    pos = rng.uniform(4.0, 6.0, (n, 1, 1, 2)) + 0.3 * arms + 0.04 * np.arange(5)[None, :, None, None] * np.array([1.0, 0.3])
+    b = np.repeat(rng.uniform(220, 250, (n, k)), 5, axis=0)
+    windows = np.clip(np.round(render_batch(pos[..., 0].reshape(-1, k), pos[..., 1].reshape(-1, k), b)), 0, 255)
+    windows = windows.reshape(n, 5, 11, 11)
+    crossed = settings_for(8, group_prior_sd=0.003, group_radius=0.3, group_radius_sd=0.3, k_max=4, k_limit=7)
+    rose_fit = fit_windows_detailed(windows, crossed)
+    assert np.all(rose_fit.k == k)
+    assert np.median(max_matched_error(rose_fit.detections, pos[:, 2])) < 0.02
+    free_fit = fit_windows_detailed(windows, crossed, arm_refinements=0)
+    assert np.median(max_matched_error(free_fit.detections, pos[:, 2])) > 0.05
+
+
+def test_the_prior_arms_refine_with_the_count():
+    s = settings_for(8, group_prior_sd=0.01)
+    rose = refine_directions(COMPASS_DIRECTIONS)
+    assert [s.arms(k) for k in (1, 2, 4)] == [None, COMPASS_DIRECTIONS, COMPASS_DIRECTIONS]
+    assert s.arms(5) == s.arms(8) == rose and s.arms(9) is None
+    assert dataclasses.replace(s, arm_level=1).arms(3) == rose  # the fallback of rejected crosses
+    assert dataclasses.replace(s, arm_refinements=0).arms(5) is None
+    assert settings_for(8).arms(3) is None  # no prior, no arms
+    with pytest.raises(ValueError, match="arm_level"):
+        settings_for(8, arm_level=2)
+    with pytest.raises(ValueError, match="max_starts"):
+        settings_for(8, max_starts=0)
 
 
 def test_counts_above_k_max_are_tried_where_the_largest_k_wins():

@@ -1,5 +1,6 @@
 """Scene priors of the training split (pipeline/priors.py, stage priors) and the stress config."""
 import dataclasses
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,8 @@ import pytest
 
 from pipeline.config import ConfigError, SimulateConfig, StressConfig
 from pipeline.data import load_split_tables
-from pipeline.priors import ScenePriors, cross_deviations, estimate_priors, estimate_psf_sigma
+from pipeline.priors import (COMPASS_DIRECTIONS, ScenePriors, best_crosses, cross_deviations, estimate_priors,
+                             estimate_psf_sigma, refine_directions)
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 
@@ -53,6 +55,46 @@ def test_cross_deviation_is_the_distance_from_the_best_compass_cross():
     deviation = cross_deviations(np.stack([cross, bent]))
     assert deviation[0] == pytest.approx(0.0, abs=1e-12) and 0.005 < deviation[1] < 0.03
     assert cross_deviations(triangle[None])[0] > 0.05  # no three compass arms are 120 degrees apart
+
+
+def test_the_rose_adds_the_bisectors():
+    rose = np.asarray(refine_directions(COMPASS_DIRECTIONS))
+    assert rose.shape == (8, 2) and np.allclose(np.linalg.norm(rose, axis=1), 1.0)
+    assert np.allclose(rose[:4], COMPASS_DIRECTIONS)
+    angles = np.sort(np.degrees(np.arctan2(rose[:, 1], rose[:, 0])))
+    assert np.allclose(np.diff(angles), 45.0)
+    assert len(refine_directions(rose)) == 16
+
+
+def _exhaustive_deviation(positions: np.ndarray, directions) -> np.ndarray:
+    """Reference: least squares over every ordered choice of directions (r >= 0)."""
+    dirs = np.asarray(directions)
+    k = positions.shape[1]
+    centred = positions - positions.mean(axis=1, keepdims=True)
+    best = np.full(len(positions), np.inf)
+    for choice in itertools.permutations(range(len(dirs)), k):
+        d = dirs[list(choice)] - dirs[list(choice)].mean(axis=0)
+        overlap = np.einsum("nki,ki->n", centred, d).clip(min=0.0)
+        best = np.minimum(best, (centred ** 2).sum(axis=(1, 2)) - overlap ** 2 / (d ** 2).sum())
+    return np.sqrt(best / k)
+
+
+@pytest.mark.parametrize("arms", [4, 8])
+def test_best_crosses_match_the_exhaustive_search_on_crosses(arms):
+    """Near-cross groups (0.02 px jitter) of every count: the ordered search finds the exhaustive
+    optimum, and the arm each target was placed on (jitter may favour swapping two adjacent rose
+    arms in a rare group)."""
+    directions = COMPASS_DIRECTIONS if arms == 4 else refine_directions(COMPASS_DIRECTIONS)
+    dirs = np.asarray(directions)
+    rng = np.random.default_rng(arms)
+    for k in range(3, min(arms, 6) + 1):
+        choice = np.argsort(rng.random((200, arms)), axis=1)[:, :k]
+        positions = rng.uniform(3.0, 7.0, (200, 1, 2)) + 0.3 * dirs[choice] + rng.normal(0.0, 0.02, (200, k, 2))
+        deviation, assigned = best_crosses(positions, directions)
+        assert np.allclose(deviation, _exhaustive_deviation(positions, directions), atol=1e-12)
+        assert np.mean(np.isclose(assigned, dirs[choice]).all(axis=(1, 2))) >= 0.99  # adjacent rose arms may swap
+    with pytest.raises(ValueError, match="holds 2 to 4"):
+        best_crosses(np.zeros((1, 5, 2)))
 
 
 def test_psf_fit_ignores_clipped_pixels(sensor):

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.coords import Grid
 from pipeline.methods.physfit.forward_model import motion_basis
-from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks
+from pipeline.methods.physfit.likelihood import Problem, assign_directions, censor_masks, evaluate
 from pipeline.methods.physfit.proposals import (background_start, centroids, collect_starts, draw_jitter,
                                                 greedy_pursuit, initial_brightness)
 from pipeline.methods.physfit.settings import TINY, FitResult, PhysFitSettings
@@ -38,7 +38,7 @@ def _n_params(k: int, m: int, s: PhysFitSettings) -> int:
     """Effective number of free parameters: 3K + 2M (+ B background coefficients), less the 2K - 3 cross
     constraints when the group prior is on (the soft radius prior is not counted)."""
     d = 3 * k + 2 * m + s.n_background
-    if s.group_prior_sd > 0 and 2 <= k <= len(s.template_directions):
+    if s.arms(k) is not None:
         d -= 2 * k - 3
     return d
 
@@ -189,37 +189,40 @@ def unclipped_pixels(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
     return np.maximum((~(high | low)).sum(dim=1).numpy(), 1)
 
 
-def _relaxations(s: PhysFitSettings) -> list[PhysFitSettings]:
-    """The fallback settings of ``s``, tried in this order where the data reject the fit so far:
-    the group shape freed (with a group prior), the brightness widened to ``brightness_limits``
-    (when set), and both."""
+def _relaxations(s: PhysFitSettings) -> list[list[PhysFitSettings]]:
+    """The fallback rounds of ``s``, tried in this order where the data reject the fit so far; the
+    settings of a round are alternatives fitted to the same items. With a group prior: its arms
+    refined (each level up to ``arm_refinements``) beside the shape freed; then the brightness
+    widened to ``brightness_limits`` (when set); then both."""
     shaped = s.group_prior_sd > 0
-    out = [dataclasses.replace(s, group_prior_sd=0.0)] if shaped else []
+    finer = [dataclasses.replace(s, arm_level=level) for level in range(s.arm_level + 1, s.arm_refinements + 1)]
+    rounds = [finer + [dataclasses.replace(s, group_prior_sd=0.0)]] if shaped else []
     if s.brightness_limits is not None:
         low, high = s.brightness_limits
         wide = dataclasses.replace(s, brightness_min=low, brightness_max=high, brightness_limits=None)
-        out += [wide, dataclasses.replace(wide, group_prior_sd=0.0)] if shaped else [wide]
-    return out
+        rounds += [[wide], [dataclasses.replace(wide, group_prior_sd=0.0)]] if shaped else [[wide]]
+    return rounds
 
 
 def _relaxing(frames: np.ndarray, s: PhysFitSettings, fit_subset) -> FitResult:
     """``fit_subset(rows, settings)`` with the priors of ``s`` (brightness box, group shape), then,
-    one fallback of :func:`_relaxations` at a time, again for the frames or windows whose best fit
+    one round of :func:`_relaxations` at a time, again for the frames or windows whose best fit
     so far the data reject (whitened cost above ``relax_misfit`` times their unclipped pixels); per
     item the fit with the lowest BIC is kept -- the priors first, relaxed where the data reject
     them."""
     n = len(frames)
     best = fit_subset(np.arange(n), s)
     limit = s.relax_misfit * unclipped_pixels(frames, s)
-    for fallback in _relaxations(s):
+    for fallbacks in _relaxations(s):
         rows = np.flatnonzero(best.misfit() > limit)
         if rows.size == 0:
             break
-        retry = fit_subset(rows, fallback)
-        better = retry.bic.min(axis=1) < best.bic[rows].min(axis=1)
-        keep = np.setdiff1d(np.arange(n), rows[better])
-        parts = [(keep, best.take(keep)), (rows[better], retry.take(np.flatnonzero(better)))]
-        best = _reorder([(r, part) for r, part in parts if r.size], n, s)
+        for fallback in fallbacks:
+            retry = fit_subset(rows, fallback)
+            better = retry.bic.min(axis=1) < best.bic[rows].min(axis=1)
+            keep = np.setdiff1d(np.arange(n), rows[better])
+            parts = [(keep, best.take(keep)), (rows[better], retry.take(np.flatnonzero(better)))]
+            best = _reorder([(r, part) for r, part in parts if r.size], n, s)
     return best
 
 
@@ -323,6 +326,11 @@ def _single_frame_fits(frames: np.ndarray, s: PhysFitSettings, phi: np.ndarray |
         expanded = problem.subset(rep).with_prior(assign_directions(pos, s))
         b0 = initial_brightness(expanded, pos, torch.from_numpy(surface)[rep], s)
         theta0 = torch.cat([pos[..., 0], pos[..., 1], b0, torch.from_numpy(start_background)[rep]], dim=1)
+        if n_starts > s.max_starts:  # keep the starts that explain the frame best as they are
+            start_cost = evaluate(expanded, theta0, need_normal=False)[0].reshape(n, n_starts)
+            best = torch.argsort(start_cost, dim=1, stable=True)[:, :s.max_starts]
+            chosen = (torch.arange(n)[:, None] * n_starts + best).reshape(-1)
+            theta0, expanded, n_starts = theta0[chosen], expanded.subset(chosen), s.max_starts
         theta, cost = fit_batched(expanded, theta0, s)
         found, found_cost = _distinct_modes(theta.reshape(n, n_starts, -1), cost.reshape(n, n_starts), k, s, keep)
         modes[k] = torch.zeros((f, keep, found.shape[2]), dtype=found.dtype)

@@ -3,14 +3,14 @@ Gauss-Newton normal equations, and the optional group prior (targets on compass 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
 import torch
 
 from pipeline.methods.physfit.forward_model import model_and_jacobian
-from pipeline.methods.physfit.settings import INFEASIBLE, TINY, PhysFitSettings
+from pipeline.methods.physfit.settings import TINY, PhysFitSettings
+from pipeline.priors import best_crosses
 
 
 @dataclasses.dataclass
@@ -144,23 +144,12 @@ def _group_prior(directions: torch.Tensor, s: PhysFitSettings) -> tuple[torch.Te
     return matrix, offset
 
 
-def _arm_assignments(k: int, s: PhysFitSettings) -> np.ndarray:
-    """(A, K, 2) every injective assignment of ``template_directions`` to K targets."""
-    dirs = np.asarray(s.template_directions, dtype=np.float64)
-    return np.stack([dirs[list(p)] for p in itertools.permutations(range(len(dirs)), k)])
-
-
 def assign_directions(positions: torch.Tensor, s: PhysFitSettings) -> torch.Tensor | None:
-    """Arm directions (N, K, 2) that best explain positions (N, K, 2) as a cross (least-squares
-    reference and radius, radius >= 0); None when the prior is off or K does not fit the arms."""
-    n, k, _ = positions.shape
-    if s.group_prior_sd <= 0 or k < 2 or k > len(s.template_directions):
+    """Arm directions (N, K, 2) that best explain positions (N, K, 2) as a cross of the prior's
+    arms for K (:meth:`PhysFitSettings.arms`, :func:`pipeline.priors.best_crosses`); None when the
+    prior is off or K does not fit the arms."""
+    arms = s.arms(positions.shape[1])
+    if arms is None:
         return None
-    options = torch.from_numpy(_arm_assignments(k, s)).to(positions.dtype)  # (A, K, 2)
-    design = _arm_design(options)  # (A, 2K, 3)
-    pinv = torch.linalg.pinv(design)
-    stacked = torch.cat([positions[..., 0], positions[..., 1]], dim=1)  # (N, 2K)
-    coef = torch.einsum("acp,np->nac", pinv, stacked)  # (N, A, 3)
-    fitted = torch.einsum("apc,nac->nap", design, coef)
-    misfit = ((stacked[:, None, :] - fitted) ** 2).sum(dim=2) + INFEASIBLE * (coef[..., 2] < 0)
-    return options[misfit.argmin(dim=1)]
+    _, directions = best_crosses(positions.detach().cpu().numpy(), arms)
+    return torch.from_numpy(directions).to(positions.dtype)

@@ -32,7 +32,7 @@ class PhysFit(UnmixingMethod):
     passes them, see :meth:`PhysFitSettings.for_scene`); without them the library defaults hold.
     ``multi_frame``: joint fit over the whole window (rigid group motion) instead of the middle
     frame alone. ``proposal``: a method whose HR maps give extra starts. ``brightness_margin``,
-    ``brightness_headroom``: see :meth:`PhysFitSettings.for_scene`. Other keyword arguments are
+    ``brightness_headroom``, ``cross_tolerance``, ``cross_floor``: see :meth:`PhysFitSettings.for_scene`. Other keyword arguments are
     :class:`PhysFitSettings` fields. With ``psf_calibration`` the PSF std is checked (and, if the
     fits reject it, re-estimated) on the first batch of windows and then kept
     (``calibrated_sigma``).
@@ -47,7 +47,8 @@ class PhysFit(UnmixingMethod):
 
     def __init__(self, physics: PhysicsOperator, priors: ScenePriors | None = None, multi_frame: bool = True,
                  proposal: UnmixingMethod | None = None, brightness_margin: float = 0.0,
-                 brightness_headroom: float = 4.0, **settings) -> None:
+                 brightness_headroom: float = 4.0, cross_tolerance: float = 0.1, cross_floor: float = 0.01,
+                 **settings) -> None:
         super().__init__(physics)
         unknown = sorted(set(settings) - SETTING_NAMES)
         if unknown:
@@ -55,8 +56,8 @@ class PhysFit(UnmixingMethod):
         if priors is None:
             self.settings = PhysFitSettings.for_sensor(physics.sensor, **settings)
         else:
-            self.settings = PhysFitSettings.for_scene(physics.sensor, priors, brightness_margin,
-                                                      brightness_headroom, **settings)
+            self.settings = PhysFitSettings.for_scene(physics.sensor, priors, brightness_margin, brightness_headroom,
+                                                      cross_tolerance, cross_floor, **settings)
         self.calibrated_sigma: float | None = None
         self.multi_frame = bool(multi_frame)
         self.window = 5 if self.multi_frame else 1

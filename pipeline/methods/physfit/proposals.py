@@ -100,10 +100,16 @@ def centroids(frames: np.ndarray, s: PhysFitSettings) -> np.ndarray:
     return np.stack([cx, cy], axis=1)
 
 
+def _start_arms(k: int, s: PhysFitSettings) -> tuple[tuple[float, float], ...]:
+    """Arm directions of the cross starts for K targets: the group prior's (:meth:`PhysFitSettings.arms`)
+    when it holds K targets, else ``template_directions``."""
+    return s.arms(k) or s.template_directions
+
+
 def _template_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[np.ndarray]:
-    """Cross templates (K >= 2): K arms of ``template_directions`` at ``template_radius`` around a
-    reference placed so that the template's mean position is the centroid. Each: (F, K, 2)."""
-    dirs = np.asarray(s.template_directions, dtype=np.float64)
+    """Cross templates (K >= 2): every K of the arms (:func:`_start_arms`) at ``template_radius``
+    around a reference placed so that the template's mean position is the centroid. Each: (F, K, 2)."""
+    dirs = np.asarray(_start_arms(k, s), dtype=np.float64)
     if s.template_radius <= 0 or k < 2 or k > len(dirs):  # one target: the pursuit and the centroid
         return []
     out = []
@@ -117,7 +123,7 @@ def _template_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[n
 def _ring_starts(k: int, centroid: np.ndarray, s: PhysFitSettings) -> list[np.ndarray]:
     """Ring templates for counts the cross cannot hold (K > its arms): K points evenly on a circle
     of ``template_radius`` around the centroid, in ``ring_rotations`` rotations. Each: (F, K, 2)."""
-    if s.template_radius <= 0 or k <= len(s.template_directions):
+    if s.template_radius <= 0 or k <= len(_start_arms(k, s)):
         return []
     out = []
     for rotation in range(s.ring_rotations):

@@ -3,20 +3,29 @@ result record (:class:`FitResult`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
 import torch
 
 from pipeline.methods.physfit.forward_model import background_basis
-from pipeline.priors import COMPASS_DIRECTIONS, ScenePriors
+from pipeline.priors import COMPASS_DIRECTIONS, ScenePriors, refine_directions
 from pipeline.sensor import Sensor
 
 # Numerical guards only (not model knobs; the model's numbers are PhysFitSettings fields):
 TINY = 1e-12  # floor of divisors and of the square-root residual
 RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
-INFEASIBLE = 1e6  # misfit added to cross assignments that need a negative radius
 BACKGROUND_MODELS = ("none", "constant", "smooth", "auto")  # what the targets of a fit sit on
+
+
+@functools.lru_cache(maxsize=16)
+def _arm_roses(directions: tuple[tuple[float, float], ...], refinements: int) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """``directions`` refined 0, 1, ..., ``refinements`` times (:func:`pipeline.priors.refine_directions`)."""
+    roses = [tuple(map(tuple, directions))]
+    for _ in range(refinements):
+        roses.append(refine_directions(roses[-1]))
+    return tuple(roses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +62,22 @@ class PhysFitSettings:
     Group prior (optional; the SeqCSIST geometry: targets on distinct compass arms of a common
     reference point at a common distance)
         group_prior_sd: sd (LR px) of each target's deviation from the best-fitting cross
-        (reference + common radius along its arm); 0 disables the prior. The arm of each target
-        is the assignment of ``template_directions`` that best fits its start. group_radius,
+        (reference + common radius along its arm); 0 disables the prior. The arms are
+        ``template_directions`` (see :meth:`arms`); the arm of each target is the assignment that
+        best fits its start (:func:`pipeline.priors.best_crosses`). group_radius,
         group_radius_sd: Gaussian prior on the common radius (LR px).
+        arm_refinements: groups of more targets than arms are held to a rose of twice the arms
+        (the bisectors added: :func:`pipeline.priors.refine_directions`), up to this many times;
+        arm_level: refinements always applied (0 = the template's own arms). Where the data reject
+        a fit, it is redone one level finer before the shape is freed (see ``relax_misfit``).
     Starts
         use_pursuit: non-negative OMP starts. template_radius: radius (LR px) of the "cross"
         templates around the intensity centroid (0 disables). template_directions: unit
         directions (dx, dy) of the template arms. ring_rotations: for K above the number of
         arms, K points evenly on a circle of template_radius around the centroid, in this many
-        rotations. random_starts: jittered starts per K.
+        rotations. random_starts: jittered starts per K. max_starts: the most starts fitted per K
+        and frame; where there are more (the rose's many templates), those with the lowest cost as
+        they stand (brightness by least squares) are kept.
         start_jitter: their std (LR px). centroid_fraction: pixels below this fraction of the
         frame maximum are ignored by the centroid. seed: RNG seed of the jitter.
     Levenberg-Marquardt
@@ -122,11 +138,14 @@ class PhysFitSettings:
     group_prior_sd: float = 0.0
     group_radius: float = 0.315
     group_radius_sd: float = 0.03
+    arm_refinements: int = 1
+    arm_level: int = 0
     use_pursuit: bool = True
     template_radius: float = 0.3
     template_directions: tuple[tuple[float, float], ...] = COMPASS_DIRECTIONS
     ring_rotations: int = 2
     random_starts: int = 2
+    max_starts: int = 12
     start_jitter: float = 0.25
     centroid_fraction: float = 0.1
     seed: int = 0
@@ -157,6 +176,8 @@ class PhysFitSettings:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_starts < 1:
+            raise ValueError(f"max_starts must be >= 1, got {self.max_starts}")
         if self.k_min < 1 or self.k_max < self.k_min:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
         if self.k_limit is not None and self.k_limit < self.k_max:
@@ -184,6 +205,8 @@ class PhysFitSettings:
             raise ValueError("psf_sigma, min_sd and score_scale must be > 0")
         if self.group_prior_sd < 0 or (self.group_prior_sd > 0 and self.group_radius_sd <= 0):
             raise ValueError("group_prior_sd must be >= 0 and group_radius_sd > 0 when the prior is on")
+        if not 0 <= self.arm_level <= self.arm_refinements:
+            raise ValueError(f"need 0 <= arm_level <= arm_refinements, got {self.arm_level}, {self.arm_refinements}")
 
     @property
     def noise_sd(self) -> float:
@@ -206,6 +229,15 @@ class PhysFitSettings:
         """Background parameters of a fit: B, the number of surfaces (0 without a background)."""
         surfaces = self.background_surfaces
         return 0 if surfaces is None else surfaces.shape[1]
+
+    def arms(self, k: int) -> tuple[tuple[float, float], ...] | None:
+        """Arm directions of the group prior for K targets: ``template_directions`` refined
+        ``arm_level`` times, then further (up to ``arm_refinements`` in all) while they are fewer
+        than K; None when the prior is off, K < 2 or K exceeds the finest arms."""
+        if self.group_prior_sd <= 0 or k < 2:
+            return None
+        roses = _arm_roses(self.template_directions, self.arm_refinements)[self.arm_level:]
+        return next((rose for rose in roses if len(rose) >= k), None)
 
     @property
     def k_values(self) -> list[int]:
@@ -241,8 +273,9 @@ class PhysFitSettings:
         range ranked below the others. Where the training groups are compass crosses (their
         ``cross_deviation`` at most ``cross_tolerance`` x their spread) the group prior holds them
         to a cross within that deviation (at least ``cross_floor`` x the spread), with a weak prior
-        (sd one spread) on its size; the fit frees the shape where the data reject it. ``fields``
-        override any of these."""
+        (sd one spread) on its size; larger groups, and groups the data do not let sit on the
+        cross, are held to the rose of twice the arms (:meth:`arms`), and the fit frees the shape
+        where the data reject that too. ``fields`` override any of these."""
         if brightness_headroom < 1 or not 0 <= brightness_margin < 1 or cross_tolerance < 0 or cross_floor <= 0:
             raise ValueError(f"need brightness_headroom >= 1, 0 <= brightness_margin < 1, cross_tolerance >= 0 and "
                              f"cross_floor > 0, got {brightness_headroom}, {brightness_margin}, {cross_tolerance}, "
