@@ -444,7 +444,8 @@ def test_settings_for_scene_take_the_scene_from_the_priors_only():
     s = physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=6, spread=0.2), k_limit=8)
     assert (s.brightness_min, s.brightness_max) == (220.3, 249.7)
     assert s.brightness_limits == pytest.approx((220.3 / 4, 249.7 * 4))
-    assert (s.k_max, s.k_top, s.template_radius) == (7, 8, 0.2)
+    assert (s.k_max, s.k_top, s.template_radius) == (6, 8, 0.2)  # more than seen in training: where K = 6 wins
+    assert (physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=6)).k_top) == 7
     assert s.dim_brightness == pytest.approx(110.15)
     assert physfit.PhysFitSettings.for_scene(Sensor(), scene_priors(k_max=8), k_limit=8).k_max == 8
     assert (s.group_prior_sd, s.group_radius, s.group_radius_sd) == (0.01 * 0.2, 0.2, 0.2)  # a floored cross

@@ -268,7 +268,8 @@ class PhysFitSettings:
         (see :mod:`pipeline.priors`), none from the simulator's configuration: brightness bounded
         to the training range widened by ``brightness_margin`` (relative), relaxed to
         [low / h, high * h] (h = ``brightness_headroom``) where the data reject it (scenes
-        brighter or dimmer than the training ones), K tried up to one more than the most seen in training,
+        brighter or dimmer than the training ones), K tried up to the most seen in training on every
+        frame and one more (``k_limit``, which ``fields`` may raise) where the largest K tried wins,
         cross starts at the training groups' spread, and detections dimmer than half the training
         range ranked below the others. Where the training groups are compass crosses (their
         ``cross_deviation`` at most ``cross_tolerance`` x their spread) the group prior holds them
@@ -285,7 +286,8 @@ class PhysFitSettings:
                      brightness_max=priors.brightness_high * (1.0 + brightness_margin),
                      brightness_limits=(priors.brightness_low / brightness_headroom,
                                         priors.brightness_high * brightness_headroom),
-                     k_max=min(priors.k_max + 1, fields.get("k_limit") or priors.k_max + 1),
+                     k_max=min(priors.k_max, fields.get("k_limit") or priors.k_max),
+                     k_limit=priors.k_max + 1,
                      template_radius=priors.spread,
                      dim_brightness=priors.brightness_low / 2.0,
                      group_prior_sd=max(priors.cross_deviation, cross_floor * priors.spread) if crosses else 0.0,
