@@ -32,10 +32,10 @@ class PhysFit(UnmixingMethod):
     passes them, see :meth:`PhysFitSettings.for_scene`); without them the library defaults hold.
     ``multi_frame``: joint fit over the whole window (rigid group motion) instead of the middle
     frame alone. ``proposal``: a method whose HR maps give extra starts. ``brightness_margin``,
-    ``brightness_headroom``, ``cross_tolerance``, ``cross_floor``: see :meth:`PhysFitSettings.for_scene`. Other keyword arguments are
-    :class:`PhysFitSettings` fields. With ``psf_calibration`` the PSF std is checked (and, if the
-    fits reject it, re-estimated) on the first batch of windows and then kept
-    (``calibrated_sigma``).
+    ``brightness_headroom``, ``cross_tolerance``, ``cross_floor``: see
+    :meth:`PhysFitSettings.for_scene`. Other keyword arguments are :class:`PhysFitSettings` fields.
+    With ``psf_calibration`` the PSF std is checked (and, if the fits reject it, re-estimated) on
+    the first batch of windows and then kept (``calibrated_sigma``).
     """
 
     family = "beyond_the_papers"

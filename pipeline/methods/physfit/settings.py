@@ -20,7 +20,8 @@ BACKGROUND_MODELS = ("none", "constant", "smooth", "auto")  # what the targets o
 
 
 @functools.lru_cache(maxsize=16)
-def _arm_roses(directions: tuple[tuple[float, float], ...], refinements: int) -> tuple[tuple[tuple[float, float], ...], ...]:
+def _arm_roses(directions: tuple[tuple[float, float], ...],
+               refinements: int) -> tuple[tuple[tuple[float, float], ...], ...]:
     """``directions`` refined 0, 1, ..., ``refinements`` times (:func:`pipeline.priors.refine_directions`)."""
     roses = [tuple(map(tuple, directions))]
     for _ in range(refinements):
@@ -69,7 +70,8 @@ class PhysFitSettings:
         arm_refinements: groups of more targets than arms are held to a rose of twice the arms
         (the bisectors added: :func:`pipeline.priors.refine_directions`), up to this many times;
         arm_level: refinements always applied (0 = the template's own arms). Where the data reject
-        a fit, it is redone one level finer before the shape is freed (see ``relax_misfit``).
+        a fit, it is redone one level finer and with the shape freed, the lower BIC kept (see
+        ``relax_misfit``).
     Starts
         use_pursuit: non-negative OMP starts. template_radius: radius (LR px) of the "cross"
         templates around the intensity centroid (0 disables). template_directions: unit
