@@ -45,12 +45,13 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def groups(n: int, k: int, seed: int, radius: float = 0.3):
-    """n frames' worth of K-target groups: K distinct arms at ``radius`` around a random
-    reference inside the field; brightness U(220, 250). Returns positions (n, K, 2), brightness (n, K)."""
+def groups(n: int, k: int, seed: int, radius: float = 0.3, arms: np.ndarray = ARMS):
+    """n frames' worth of K-target groups: K distinct ``arms`` (unit directions) at ``radius``
+    around a random reference inside the field; brightness U(220, 250). Returns positions
+    (n, K, 2), brightness (n, K)."""
     rng = np.random.default_rng(seed)
     ref = rng.uniform(2.0, 8.0, (n, 2))
-    arms = np.stack([ARMS[rng.permutation(4)[:k]] for _ in range(n)])
+    arms = np.stack([arms[rng.permutation(len(arms))[:k]] for _ in range(n)])
     return ref[:, None, :] + radius * arms, rng.uniform(220.0, 250.0, (n, k))
 
 
@@ -61,12 +62,13 @@ def sensor(clean: np.ndarray, noise: float, bits: int, seed: int) -> np.ndarray:
     return np.clip(np.round(frames), 0.0, 255.0) if bits else frames
 
 
-def trajectories(n: int, k: int, noise: float, seed: int, frames: int = 5, background: np.ndarray | None = None):
-    """Moving groups (the SeqCSIST rules): 0.04 px/frame along x, a linear y drift, outward drift
-    U(0, 0.0014) px/frame, optionally on a static ``background`` (n, 11, 11) in counts. Returns
-    8-bit windows (n, frames, 11, 11) and positions (n, frames, K, 2)."""
+def trajectories(n: int, k: int, noise: float, seed: int, frames: int = 5, background: np.ndarray | None = None,
+                 arms: np.ndarray = ARMS):
+    """Moving groups (the SeqCSIST rules) on ``arms``: 0.04 px/frame along x, a linear y drift,
+    outward drift U(0, 0.0014) px/frame, optionally on a static ``background`` (n, 11, 11) in
+    counts. Returns 8-bit windows (n, frames, 11, 11) and positions (n, frames, K, 2)."""
     rng = np.random.default_rng(seed)
-    pos0, b = groups(n, k, seed + 1)
+    pos0, b = groups(n, k, seed + 1, arms=arms)
     centre = pos0.mean(axis=1, keepdims=True)
     t = np.arange(frames)[None, :, None, None]
     velocity = np.stack([rng.choice([-0.04, 0.04], n), rng.uniform(-0.04, 0.04, n)], axis=1)[:, None, None, :]
@@ -483,14 +485,8 @@ def test_groups_beyond_the_cross_are_held_to_the_rose():
     with the arms refined once they are found within 0.02 px (of the 28 six-arm templates, the
     ``max_starts`` that explain a frame best are fitted); freed (no refinement) the saturated core
     leaves them 0.1-0.2 px off."""
-    rng = np.random.default_rng(5)
-    n, k = 6, 6
-    rose = np.asarray(refine_directions(COMPASS_DIRECTIONS))
-    arms = np.stack([rose[rng.permutation(8)[:k]] for _ in range(n)])[:, None]
-    pos = rng.uniform(4.0, 6.0, (n, 1, 1, 2)) + 0.3 * arms + 0.04 * np.arange(5)[None, :, None, None] * np.array([1.0, 0.3])
-    b = np.repeat(rng.uniform(220, 250, (n, k)), 5, axis=0)
-    windows = np.clip(np.round(render_batch(pos[..., 0].reshape(-1, k), pos[..., 1].reshape(-1, k), b)), 0, 255)
-    windows = windows.reshape(n, 5, 11, 11)
+    k = 6
+    windows, pos = trajectories(6, k, noise=0.0, seed=5, arms=np.asarray(refine_directions(COMPASS_DIRECTIONS)))
     crossed = settings_for(8, group_prior_sd=0.003, group_radius=0.3, group_radius_sd=0.3, k_max=4, k_limit=7)
     rose_fit = fit_windows_detailed(windows, crossed)
     assert np.all(rose_fit.k == k)
