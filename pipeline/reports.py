@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.io import atomic_path
+
 AP_KEYS = ("ap05", "ap10", "ap15", "ap20", "ap25")
 PROFILE_NAMES = {"laptop": "laptop profile", "paper": "paper scale"}
 
@@ -219,4 +221,56 @@ def draw_windows(path, lr: np.ndarray, gt: np.ndarray, outputs: Mapping[str, tup
     fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def converged_markdown(rows: Sequence[Mapping], flat_gain: float) -> str:
+    """reports/tables/converged.md: one row per long run (pipeline.long_run), ours on the whole
+    test split beside the published number, with the windows, CPU-hours and plateau verdict."""
+    lines = ["# Converged CPU runs (long runs, not the laptop budget)", "",
+             "Trained by `python -m pipeline.long_run train <id>` far past the laptop budget, on one CPU thread, "
+             "and scored on the whole test split (`evaluate.window_stride` 1). CPU-hours are the training "
+             "process's CPU time (validation included). *Flattened*: the last doubling of training windows "
+             f"raised the best validation CSO-mAP by less than {flat_gain}.", "",
+             "| method | CSO-mAP (test) | published | difference | test windows | training windows | CPU-hours | "
+             "best val CSO-mAP | flattened | state |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ours, paper = row.get("ours"), row.get("published")
+        difference = f"{ours - paper:+.2f}" if ours is not None and paper is not None else "—"
+        flat = {True: "yes", False: "no", None: "too early"}[row.get("flattened")]
+        test_windows = "—" if row.get("test_windows") is None else f"{row['test_windows']:,}"
+        lines.append(f"| {row['method']} | {'—' if ours is None else f'{ours:.2f}'} | "
+                     f"{'—' if paper is None else f'{paper:.2f}'} | {difference} | {test_windows} | "
+                     f"{row['windows']:,} | {row['cpu_hours']:.2f} | {row['best_val']:.2f} | {flat} | {row['state']} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_learning_curves(curves: Mapping[str, pd.DataFrame], path, published: Mapping[str, float] | None = None
+                         ) -> None:
+    """PNG: validation CSO-mAP against training windows seen (left) and CPU-hours (right), one
+    line per run; ``published``: label -> the paper's number, drawn dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_windows, by_hours) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for label, curve in curves.items():
+        line, = by_windows.plot(curve["windows"], curve["val_cso_map"], marker="o", ms=3, label=label)
+        by_hours.plot(curve["cpu_seconds"] / 3600, curve["val_cso_map"], marker="o", ms=3, color=line.get_color())
+        if published and label in published:
+            for ax in (by_windows, by_hours):
+                ax.axhline(published[label], color=line.get_color(), ls="--", lw=1)
+    by_windows.set_xlabel("training windows seen")
+    by_hours.set_xlabel("CPU-hours (one thread)")
+    by_windows.set_ylabel("validation CSO-mAP")
+    for ax in (by_windows, by_hours):
+        ax.grid(alpha=0.3)
+    if curves:
+        by_windows.legend(fontsize=8)
+    fig.suptitle("Long runs: validation CSO-mAP (dashed: published, paper scale)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)

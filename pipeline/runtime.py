@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,6 +40,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 DRAWS = ("windows", "trajectories")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,10 @@ class TrainBudget:
     uses the same settings). ``draw``: ``windows`` shuffles single windows; ``trajectories``
     shuffles whole trajectories and keeps each one's windows consecutive, so that a batch holds
     overlapping windows whose shared frames a multi-frame method processes once (the shipped
-    DeRefNet trains on one trajectory per batch).
+    DeRefNet trains on one trajectory per batch). ``schedule``: ``constant`` keeps ``lr``;
+    ``cosine`` warms up linearly over the first ``warmup_windows`` training windows, then decays
+    by a half cosine to 0 at the end of the budget. ``grad_clip``: the largest global gradient
+    norm of a step (None = no clipping).
     """
 
     epochs: int
@@ -60,6 +65,9 @@ class TrainBudget:
     lr: float
     weight_decay: float
     draw: str = "windows"
+    schedule: str = "constant"
+    warmup_windows: int = 0
+    grad_clip: float | None = None
 
     @classmethod
     def from_section(cls, given: Mapping, name: str) -> "TrainBudget":
@@ -70,6 +78,9 @@ class TrainBudget:
             "lr": lambda k, v: check_number(k, v, 0.0, strict=True),
             "weight_decay": lambda k, v: check_number(k, v, 0.0),
             "draw": lambda k, v: check_choice(k, v, DRAWS),
+            "schedule": lambda k, v: check_choice(k, v, SCHEDULES),
+            "warmup_windows": lambda k, v: check_integer(k, v, 0),
+            "grad_clip": lambda k, v: None if v is None else check_number(k, v, 0.0, strict=True),
         })
 
     def steps_per_epoch(self, n_windows: int) -> int:
@@ -77,24 +88,41 @@ class TrainBudget:
         drawn = n_windows if self.windows_per_epoch is None else min(self.windows_per_epoch, n_windows)
         return -(-drawn // self.batch)
 
+    def windows_per_run(self, n_windows: int) -> int:
+        """Training windows the whole budget draws from a training set of ``n_windows``."""
+        drawn = n_windows if self.windows_per_epoch is None else min(self.windows_per_epoch, n_windows)
+        return self.epochs * drawn
+
+    def lr_at(self, seen: int, total: int) -> float:
+        """The learning rate of a step that starts after ``seen`` of the run's ``total`` windows."""
+        if self.schedule == "constant":
+            return self.lr
+        if seen < self.warmup_windows:
+            return self.lr * (seen + 1) / self.warmup_windows
+        decay = (seen - self.warmup_windows) / max(total - self.warmup_windows, 1)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(decay, 1.0)))
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """One validated ``methods.<id>`` entry: registered ``name``, ``module`` (path under
-    pipeline/methods), constructor ``model`` params and, when trainable, its ``train`` budget."""
+    pipeline/methods), constructor ``model`` params and, when trainable, its ``train`` budget and
+    optionally ``weights``, a zoo file (``zoo/<run>-<sha8>.pt``) that train@<id> installs
+    instead of training."""
 
     id: str
     name: str
     module: str
     model: dict
     train: TrainBudget | None
+    weights: str | None = None
 
     @property
     def trainable(self) -> bool:
         return self.train is not None
 
 
-_ENTRY_KEYS = {"module", "model", "train", "method"}
+_ENTRY_KEYS = {"module", "model", "train", "method", "weights"}
 
 
 def _check_model_params(cls: type, model: Mapping, key: str) -> None:
@@ -153,7 +181,11 @@ def method_spec(methods: Mapping, method_id: str) -> MethodSpec:
     else:
         require(train is None, f"{key}.train", train, f"{name} has nothing to train: remove the key")
         budget = None
-    return MethodSpec(method_id, name, module, dict(model), budget)
+    weights = entry.get("weights")
+    require(weights is None or (cls.trainable and isinstance(weights, str) and weights.endswith(".pt")),
+            f"{key}.weights", weights,
+            "null, or a zoo file of a trainable method (zoo/<run>-<sha8>.pt, listed in zoo/metafile.yml)")
+    return MethodSpec(method_id, name, module, dict(model), budget, weights)
 
 
 def proposal_of(method_id: str, methods: Mapping) -> str | None:

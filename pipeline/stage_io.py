@@ -7,6 +7,7 @@ import zipfile
 from typing import Any
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.data import Windows, load_split, make_windows
@@ -37,6 +38,18 @@ def load_windows(frames: str | Path, targets: str | Path, split: str | Path, spl
     data = load_split(frames, targets, split, split_name)
     windows = make_windows(data, physics.grid, window, stride)
     return windows, data.frame_targets(windows.t, windows.f)
+
+
+def load_training_windows(frames: str | Path, targets: str | Path, split: str | Path, physics: PhysicsOperator,
+                          window: int, val_windows: int | None) -> tuple[Windows, Windows, list]:
+    """The training windows, and ``val_windows`` validation windows evenly spaced over the
+    validation split (None = all) with the targets of their middle frames."""
+    train, _ = load_windows(frames, targets, split, "train", physics, window)
+    val, val_truths = load_windows(frames, targets, split, "val", physics, window)
+    if val_windows is not None and val_windows < len(val):
+        chosen = np.unique(np.linspace(0, len(val) - 1, val_windows).round().astype(int))
+        val, val_truths = val.subset(chosen), [val_truths[i] for i in chosen]
+    return train, val, val_truths
 
 
 def state_bytes(state: Any) -> bytes:
@@ -73,6 +86,11 @@ def load_state(model: UnmixingMethod, method: str, path: str | Path, seed: int |
         raise DataFileError(f"{path}: not a readable checkpoint of {method} "
                             f"({' '.join(str(exc).split())[:200]})") from exc
     return model
+
+
+def load_saved_model(path: str | Path, method: str) -> dict:
+    """The whole saved file of ``method`` at ``path`` (method, settings, states); names a bad file."""
+    return _read_model(path, method)
 
 
 def _read_model(path: str | Path, method: str) -> dict:

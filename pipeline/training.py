@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -94,12 +95,23 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def run_inputs(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
+               seed: int) -> dict[str, str]:
+    """The named inputs a training run depends on, each as a short hash: a checkpoint resumes only
+    when all of them match, and a mismatch names the input that changed."""
+    run = {**dataclasses.asdict(trainer), "seeds": None, "seed": seed}
+    return {"settings": fingerprint(dataclasses.asdict(spec), run), "sensor": fingerprint(dataclasses.asdict(physics.sensor)),
+            "phi": fingerprint(physics.phi), "qinit": fingerprint(physics.qinit),
+            "training data": fingerprint(train.lr, train.hr)}
+
+
 @dataclasses.dataclass
 class TrainResult:
     """Best weights by validation score and the per-epoch history rows."""
 
     best_state: dict
     history: list[dict]
+    finished: bool = True
 
 
 def _detached(output: MethodOutput) -> MethodOutput:
@@ -128,17 +140,24 @@ def epoch_order(train: Windows, draw: str, generator: torch.Generator) -> torch.
 def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows | None,
                  validate: Callable[[UnmixingMethod], float], checkpoint: Path, device: torch.device, *,
                  seed: int | None = None, progress: bool = True,
-                 on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+                 on_step: Callable[[int, int], None] | None = None,
+                 after_epoch: Callable[[list[dict]], bool] | None = None, accept_inputs: bool = False) -> TrainResult:
     """Train the method of ``spec`` on the ``train`` windows from ``seed`` (default: the first of
     ``trainer.seeds``); a non-trainable one is returned as built, with no history (``train`` may
     then be None).
 
     ``validate(model) -> float`` scores the model (validation CSO-mAP, higher is better).
-    ``checkpoint``: file holding the state after the last completed epoch; a rerun from the same
-    inputs resumes from it. ``on_step(epoch, step)`` is called before each step (tests use it to
-    interrupt a run). Inside a process group (:func:`pipeline.distributed.start`) the model is
-    wrapped in DDP and each process trains on its share of every batch; process 0 validates and
-    writes the checkpoint, and only its result holds the best weights.
+    ``checkpoint``: file holding the state after the last completed epoch (weights, optimiser,
+    torch RNG, position and history); a rerun from the same inputs (:func:`run_inputs`) resumes
+    from it, ``accept_inputs`` resumes even when the data, Phi or Q_init differ (a notice names
+    them; the settings must match). ``on_step(epoch, step)`` is called before each step (tests use
+    it to interrupt a run); ``after_epoch(history)`` is called after each saved epoch, and a true
+    answer ends the run early, unfinished (``finished`` False, the checkpoint kept). Each history row holds the epoch, mean training
+    loss, validation CSO-mAP, training windows seen, learning rate at the epoch's end and the
+    cumulative CPU and wall seconds of training over every resumed part. Inside a process group
+    (:func:`pipeline.distributed.start`) the model is wrapped in DDP and each process trains on
+    its share of every batch; process 0 validates and writes the checkpoint, and only its result
+    holds the best weights.
     """
     seed = trainer.seeds[0] if seed is None else seed
     world = distributed.current()
@@ -159,10 +178,8 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
     optimizer = torch.optim.Adam(model.generator_parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     critic = (torch.optim.Adam(adversary.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
               if adversary is not None else None)
-    run = {**dataclasses.asdict(trainer), "seeds": None, "seed": seed}
-    key = fingerprint(dataclasses.asdict(spec), run, dataclasses.asdict(physics.sensor),
-                      physics.phi, physics.qinit, train.lr, train.hr)
-    state = _load_checkpoint(checkpoint, key, spec.id)
+    inputs = run_inputs(spec, trainer, physics, train, seed)
+    state = _load_checkpoint(checkpoint, inputs, spec.id, accept_inputs)
     start_epoch, history, best_state, best_score = 0, [], None, -math.inf
     if state is not None:
         model.load_state_dict(state["model"])
@@ -171,6 +188,7 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             critic.load_state_dict(state["critic"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best_state, best_score = state["best_state"], state["best_score"]
+        torch.set_rng_state(state["rng"])
     forward = model
     if world.size > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
@@ -178,6 +196,10 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
     use_amp = trainer.mixed_precision and device.type == "cuda"
     lr_all, hr_all = torch.from_numpy(train.lr), torch.from_numpy(train.hr)
     drawn = len(train) if budget.windows_per_epoch is None else min(budget.windows_per_epoch, len(train))
+    total = budget.windows_per_run(len(train))
+    seen = history[-1]["windows"] if history else 0
+    cpu_done, wall_done = (history[-1]["cpu_seconds"], history[-1]["wall_seconds"]) if history else (0.0, 0.0)
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     epochs = tqdm(range(start_epoch, budget.epochs), desc=f"train {spec.id}", unit="epoch",
                   initial=start_epoch, total=budget.epochs, disable=not (progress and world.main))
     for epoch in epochs:
@@ -190,6 +212,11 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             index = order[start:start + budget.batch]
             if len(index) < world.size:
                 continue  # a last batch too small to share out
+            lr = budget.lr_at(seen, total)
+            for optim in (optimizer, critic):
+                for group in optim.param_groups if optim is not None else ():
+                    group["lr"] = lr
+            seen += len(index)
             index = distributed.shard(index, world)
             lr_batch, hr_batch = lr_all[index].to(device), hr_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -198,25 +225,35 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             _checked(loss, "loss", spec, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if budget.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.generator_parameters(), budget.grad_clip)
             optimizer.step()
             if critic is not None:
                 critic.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     critic_loss, _ = model.discriminator_loss(_detached(output), hr_batch)
                 _checked(critic_loss, "discriminator loss", spec, epoch, step).backward()
+                if budget.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(adversary.parameters(), budget.grad_clip)
                 critic.step()
             losses.append(loss.item())
+        cpu_seconds = cpu_done + time.process_time() - cpu_start
+        wall_seconds = wall_done + time.perf_counter() - wall_start
         score = distributed.from_main(validate(model) if world.main else math.nan, world)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score})
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score,
+                        "windows": seen, "lr": budget.lr_at(max(seen - 1, 0), total),
+                        "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1)})
         if score > best_score or best_state is None:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{history[-1]['train_loss']:.4g}", val_map=f"{score:.2f}")
-        if not world.main:
-            continue
-        _save_checkpoint(checkpoint, {"key": key, "epoch": epoch, "model": model.state_dict(),
-                                      "optimizer": optimizer.state_dict(),
-                                      "critic": critic.state_dict() if critic is not None else None,
-                                      "history": history, "best_state": best_state, "best_score": best_score})
+        if world.main:
+            _save_checkpoint(checkpoint, {"inputs": inputs, "epoch": epoch, "model": model.state_dict(),
+                                          "optimizer": optimizer.state_dict(),
+                                          "critic": critic.state_dict() if critic is not None else None,
+                                          "rng": torch.get_rng_state(), "history": history,
+                                          "best_state": best_state, "best_score": best_score})
+        if after_epoch is not None and after_epoch(history) and epoch + 1 < budget.epochs:
+            return TrainResult(best_state, history, finished=False)
     return TrainResult(best_state, history)
 
 
@@ -224,8 +261,9 @@ def _notice(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _load_checkpoint(path: Path, key: str, method_id: str) -> dict | None:
-    """The checkpoint at ``path`` if it was made from the same inputs, else None (with a notice)."""
+def _load_checkpoint(path: Path, inputs: dict[str, str], method_id: str, accept_inputs: bool) -> dict | None:
+    """The checkpoint at ``path`` if it was made from the same ``inputs`` (or, with
+    ``accept_inputs``, the same settings), else None (with a notice naming what differs)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -234,11 +272,21 @@ def _load_checkpoint(path: Path, key: str, method_id: str) -> dict | None:
     except Exception as exc:  # torch raises many types (unpickling, zip, EOF) for a file it cannot read
         _notice(f"train@{method_id}: ignoring unreadable checkpoint {path} ({type(exc).__name__}); starting afresh")
         return None
-    if not isinstance(state, dict) or state.get("key") != key:
-        _notice(f"train@{method_id}: discarding checkpoint {path}: it was made from other inputs "
-                "(settings, Phi, Q_init, sensor or data); starting afresh")
+    made_from = state.get("inputs") if isinstance(state, dict) else None
+    if not isinstance(made_from, dict):
+        _notice(f"train@{method_id}: discarding checkpoint {path}: it names no inputs (an older format); "
+                "starting afresh")
         return None
-    return state
+    changed = [name for name in inputs if made_from.get(name) != inputs[name]]
+    if not changed:
+        return state
+    if accept_inputs and "settings" not in changed:
+        _notice(f"train@{method_id}: resuming {path} although its {', '.join(changed)} differ from this "
+                "machine's (accepted)")
+        return state
+    _notice(f"train@{method_id}: discarding checkpoint {path}: it was made from other inputs "
+            f"({', '.join(changed)} differ); starting afresh")
+    return None
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

@@ -8,19 +8,21 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, load_params, section
+from pipeline.config import ConfigError, EvaluateConfig, load_params, section
 from pipeline.evaluation import predict
 from pipeline.io import atomic_path
 from pipeline import distributed
 from pipeline.metrics import cso_map
 from pipeline.runtime import method_spec, resolve_device
 from pipeline.sensor import Sensor
-from pipeline.stage_io import load_physics, load_windows, save_model
+from pipeline.stage_io import load_physics, load_saved_model, load_training_windows, save_model
+from pipeline.zoo import verified_entry
 from pipeline.training import TrainerConfig, seed_checkpoint, train_method
+
+HISTORY_COLUMNS = ["seed", "epoch", "windows", "train_loss", "val_cso_map"]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -30,14 +32,15 @@ def main(args: argparse.Namespace) -> None:
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     world, device = distributed.start(resolve_device(trainer.device))
     physics = load_physics(args.phi, args.qinit, Sensor.from_section(section(params, "sensor")))
+    if spec.weights is not None:
+        if world.main:
+            install_zoo_weights(spec, args.model, args.history)
+        distributed.stop()
+        return
     dataset = (args.frames, args.targets, args.split)
     train = val = val_truths = None
     if spec.trainable:  # a method with nothing to train is saved as built, without reading the data
-        train, _ = load_windows(*dataset, "train", physics, evaluate.window)
-        val, val_truths = load_windows(*dataset, "val", physics, evaluate.window)
-        if trainer.val_windows is not None and trainer.val_windows < len(val):
-            chosen = np.unique(np.linspace(0, len(val) - 1, trainer.val_windows).round().astype(int))
-            val, val_truths = val.subset(chosen), [val_truths[i] for i in chosen]
+        train, val, val_truths = load_training_windows(*dataset, physics, evaluate.window, trainer.val_windows)
 
     def validate(model) -> float:
         _, detections = predict(model, val.lr, trainer.eval_batch, device, evaluate.brightness_threshold)
@@ -53,10 +56,29 @@ def main(args: argparse.Namespace) -> None:
     if world.main:
         save_model(states, spec.id, dataclasses.asdict(spec), args.model)
         with atomic_path(args.history) as tmp:
-            pd.DataFrame(history, columns=["seed", "epoch", "train_loss", "val_cso_map"]).to_csv(tmp, index=False)
+            pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
         for seed in seeds:
             seed_checkpoint(args.checkpoint, seed).unlink(missing_ok=True)
     distributed.stop()
+
+
+def install_zoo_weights(spec, model_out: Path, history_out: Path) -> None:
+    """``methods.<id>.weights``: the zoo file's weights (sha256 checked against zoo/metafile.yml,
+    method and architecture against ``spec``) written as the stage's model, its training curve
+    and an empty training history (the zoo entry records how the weights were trained)."""
+    entry = verified_entry(spec.weights)
+    key = f"methods.{spec.id}.weights"
+    if entry.get("method") != spec.name:
+        raise ConfigError(f"{key} = {spec.weights!r}: the file holds {entry.get('method')!r} weights, not {spec.name!r}")
+    if entry.get("architecture") != spec.model:
+        raise ConfigError(f"{key} = {spec.weights!r}: trained with model {entry.get('architecture')!r}, "
+                          f"but methods.{spec.id}.model is {spec.model!r}")
+    saved = load_saved_model(spec.weights, spec.name)
+    save_model(saved["states"], spec.id, dataclasses.asdict(spec), model_out)
+    with atomic_path(history_out) as tmp:
+        pd.DataFrame([], columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
+    print(f"train@{spec.id}: installed zoo weights {spec.weights} (sha256 {entry['sha256'][:12]}, "
+          f"{entry.get('training', {}).get('windows_seen', '?')} training windows); no training")
 
 
 if __name__ == "__main__":

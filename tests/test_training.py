@@ -205,3 +205,77 @@ def test_each_seed_is_its_own_reproducible_run(tiny, tmp_path):
     assert all(torch.equal(first.best_state[k], again.best_state[k]) for k in first.best_state)  # default: seeds[0]
     assert not all(torch.equal(first.best_state[k], other.best_state[k]) for k in first.best_state)
     assert seed_checkpoint(tmp_path / "srcnn.pt", 4) == tmp_path / "srcnn.seed4.pt"
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    budget = TrainBudget(epochs=4, windows_per_epoch=100, batch=10, lr=1e-3, weight_decay=0.0,
+                         schedule="cosine", warmup_windows=40)
+    total = budget.windows_per_run(1000)
+    assert total == 400
+    assert budget.lr_at(0, total) == pytest.approx(1e-3 / 40)
+    assert budget.lr_at(39, total) == pytest.approx(1e-3)
+    assert budget.lr_at(40, total) == pytest.approx(1e-3)
+    assert budget.lr_at(220, total) == pytest.approx(0.5e-3)  # halfway through the decay
+    assert budget.lr_at(400, total) == pytest.approx(0.0, abs=1e-12)
+    constant = dataclasses.replace(budget, schedule="constant")
+    assert {constant.lr_at(seen, total) for seen in (0, 39, 399)} == {1e-3}
+
+
+@pytest.mark.parametrize("key, value", [("schedule", "linear"), ("warmup_windows", -1), ("grad_clip", 0.0)])
+def test_schedule_keys_are_validated(key, value):
+    given = {"epochs": 1, "windows_per_epoch": None, "batch": 2, "lr": 1e-3, "weight_decay": 0.0, key: value}
+    with pytest.raises(ConfigError, match=f"methods.x.train.{key}"):
+        TrainBudget.from_section(given, "methods.x.train")
+
+
+def test_history_counts_windows_and_seconds_and_the_schedule_is_applied(tiny, tmp_path):
+    physics, windows = tiny
+    spec = dataclasses.replace(_config(), train=TrainBudget(epochs=2, windows_per_epoch=32, batch=16, lr=1e-3,
+                                                            weight_decay=0.0, schedule="cosine", warmup_windows=16,
+                                                            grad_clip=1.0))
+    result = train_method(spec, TRAINER, physics, windows, _validate, tmp_path / "s.pt", CPU, progress=False)
+    assert [row["windows"] for row in result.history] == [32, 64]
+    assert result.history[0]["lr"] == pytest.approx(spec.train.lr_at(31, 64))
+    assert result.history[1]["lr"] == pytest.approx(spec.train.lr_at(63, 64)) and result.history[1]["lr"] < 1e-4
+    assert 0 <= result.history[0]["cpu_seconds"] <= result.history[1]["cpu_seconds"]
+    assert 0 <= result.history[0]["wall_seconds"] <= result.history[1]["wall_seconds"]
+    assert result.finished
+
+
+def test_after_epoch_stops_a_run_unfinished_and_a_rerun_completes_it_identically(tiny, tmp_path):
+    physics, windows = tiny
+    spec = _config(epochs=3)
+    straight = train_method(spec, TRAINER, physics, windows, _validate, tmp_path / "a.pt", CPU, progress=False)
+    checkpoint = tmp_path / "elsewhere" / "b.pt"
+    part = train_method(spec, TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                        after_epoch=lambda history: True)
+    assert not part.finished and len(part.history) == 1 and checkpoint.is_file()
+    moved = tmp_path / "fresh" / "b.pt"  # the checkpoint travels to another folder, inputs rebuilt afresh
+    moved.parent.mkdir()
+    moved.write_bytes(checkpoint.read_bytes())
+    rebuilt = PhysicsOperator(physics.phi.double().numpy().copy(), physics.qinit.double().numpy().copy())
+    copied = Windows(windows.lr.copy(), windows.hr.copy(), windows.t.copy(), windows.f.copy())
+    rest = train_method(spec, TRAINER, rebuilt, copied, _validate, moved, CPU, progress=False)
+    assert rest.finished and [row["epoch"] for row in rest.history] == [0, 1, 2]
+    for key, value in straight.best_state.items():
+        assert torch.equal(value, rest.best_state[key]), key
+
+
+def test_a_checkpoint_names_the_input_that_differs_and_can_be_accepted(tiny, tmp_path, capsys):
+    physics, windows = tiny
+    spec = _config(epochs=2)
+    checkpoint = tmp_path / "c.pt"
+    train_method(spec, TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                 after_epoch=lambda history: True)
+    other = PhysicsOperator(physics.phi.double().numpy(), physics.qinit.double().numpy() * (1 + 1e-5))
+    epochs = []
+    train_method(spec, TRAINER, other, windows, _validate, checkpoint, CPU, progress=False,
+                 on_step=lambda e, s: epochs.append(e), accept_inputs=True)
+    assert min(epochs) == 1 and "qinit differ" in capsys.readouterr().err
+    train_method(spec, TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                 after_epoch=lambda history: True)
+    epochs.clear()
+    train_method(_config(epochs=2, lr=5e-4),
+                 TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
+                 on_step=lambda e, s: epochs.append(e), accept_inputs=True)
+    assert min(epochs) == 0 and "settings differ" in capsys.readouterr().err  # settings are never accepted
