@@ -68,7 +68,7 @@ def run_setting(label: str, bit_depth: int, noise: float, params: dict, args) ->
     window = params["evaluate"]["window"]
     thresholds = params["evaluate"]["distance_thresholds"]
     windows, truth = windows_and_truth(config, sensor, window)
-    grid = Grid(sensor.size, params["phi"]["c"])
+    grid = Grid(sensor.frame_size, params["phi"]["c"])
     phi = build_phi_closed_form(grid.size, grid.c, sensor.psf_sigma)
     oracle = [np.column_stack([grid.snap(g[:, 0]), grid.snap(g[:, 1]), g[:, 2]]) for g in truth]
     k_true = np.array([len(g) for g in truth])
@@ -106,7 +106,7 @@ def compare_old_new(params: dict, args) -> None:
     priors = estimate_priors(load_split_tables(frames, targets, split, "train"), sensor, 256)
     windows, truth = windows_and_truth(dataclasses.replace(scene, trajectories=args.trajectories, seed=args.seed),
                                        sensor, params["evaluate"]["window"])
-    grid = Grid(sensor.size, params["phi"]["c"])
+    grid = Grid(sensor.frame_size, params["phi"]["c"])
     phi = build_phi_closed_form(grid.size, grid.c, sensor.psf_sigma)
     model = {key: value for key, value in params["methods"]["physfit"]["model"].items()
              if key not in ("multi_frame", "psf_calibration")}

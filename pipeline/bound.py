@@ -78,7 +78,7 @@ def position_covariances(x: np.ndarray, y: np.ndarray, brightness: np.ndarray, s
     present = brightness > 0
     if pixel_noise_variance(sensor) == 0.0:
         return np.where(present[..., None, None], 0.0, np.inf) * np.ones((frames, count, 2, 2))
-    pixels = np.arange(sensor.size, dtype=np.float64)
+    pixels = np.arange(sensor.frame_size, dtype=np.float64)
     dx, dy = pixels - x[..., None], pixels - y[..., None]  # (F, K, size)
     gx, gy = pixel_integral_1d(dx, sensor.psf_sigma), pixel_integral_1d(dy, sensor.psf_sigma)
     sx, sy = -_pixel_integral_slope(dx, sensor.psf_sigma), -_pixel_integral_slope(dy, sensor.psf_sigma)

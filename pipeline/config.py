@@ -66,8 +66,15 @@ def resolve_profile(params: Mapping) -> dict:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """params.yaml with the active profile resolved; a missing or unparsable file names the file."""
-    return resolve_profile(read_params(path))
+    """params.yaml with the active profile resolved; a missing or unparsable file names the file.
+    ``trainer.device: cuda`` on a machine without a usable GPU stops every stage at once."""
+    params = resolve_profile(read_params(path))
+    trainer = params.get("trainer")
+    if isinstance(trainer, Mapping) and trainer.get("device") == "cuda":
+        from pipeline.device import resolve_device  # imports torch: only when CUDA is asked for
+
+        resolve_device("cuda")
+    return params
 
 
 def section(params: Mapping, name: str) -> Mapping:

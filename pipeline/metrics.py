@@ -139,7 +139,8 @@ def cso_map(detections: Sequence, ground_truths: Sequence, thresholds: Sequence[
 
     Ties in score are broken by input order (frame order, then order within the frame): the sort
     is stable, whereas the official ``np.argsort(-score)`` is not, so the official result on tied
-    scores is implementation-defined. No detections or no GT at all give AP 0.
+    scores is implementation-defined. No detections give AP 0; no frames, or no GT target in any
+    frame (recall undefined), raise ValueError.
 
     Returns ``cso_map`` (mean AP) and ``apXX`` per threshold (XX = round(100 thr), two digits),
     floats in percent. With ``return_curves``, also ``curves``: apXX -> {"precision", "recall",
@@ -155,9 +156,14 @@ def cso_map(detections: Sequence, ground_truths: Sequence, thresholds: Sequence[
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"thresholds {tuple(thresholds)} must be non-empty and give distinct "
                          f"keys, got {keys}")
+    if len(ground_truths) == 0:
+        raise ValueError("no frames to score: CSO-mAP needs at least one frame with ground truth")
     det, det_counts = _stack_rows(detections, "detections")
     gt, gt_counts = _stack_rows(ground_truths, "ground_truths")
     num_gts = len(gt)
+    if num_gts == 0:
+        raise ValueError(f"the ground truth of the {len(ground_truths)} frames holds no target: CSO-mAP is "
+                         "undefined (recall has no denominator)")
 
     order = np.argsort(-det[:, 2], kind="stable")
     score = det[order, 2]

@@ -5,7 +5,7 @@ registers it (DVC's per-method dependency), its constructor params (``model``) a
 methods only, its training budget (``train``). :func:`method_spec` validates such an entry,
 :func:`build_method` constructs it on a physics object (Phi, Q_init, sensor) and device, and
 :func:`build_for_evaluation` adds the trained weights and, for ``physfit_<network>`` ids, the
-proposal network. :func:`resolve_device` picks the device once per stage.
+proposal network.
 """
 from __future__ import annotations
 
@@ -23,20 +23,8 @@ from pipeline.methods.registry import method_module
 from pipeline.priors import ScenePriors
 from pipeline.stage_io import load_state
 
-DEVICES = ("auto", "cpu", "cuda")
 PROPOSAL_PREFIX = "physfit_"  # physfit_<network>: PhysFit seeded by a trained network's HR maps
 PROPOSAL_METHOD = "physfit"
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device = 'cuda' is invalid: no CUDA device is available (use 'auto')")
-    if device not in DEVICES:
-        raise ConfigError(f"trainer.device = {device!r} is invalid: allowed values are {list(DEVICES)}")
-    return torch.device(device)
 
 
 DRAWS = ("windows", "trajectories")
@@ -56,7 +44,9 @@ class TrainBudget:
     DeRefNet trains on one trajectory per batch). ``schedule``: ``constant`` keeps ``lr``;
     ``cosine`` warms up linearly over the first ``warmup_windows`` training windows, then decays
     by a half cosine to 0 at the end of the budget. ``grad_clip``: the largest global gradient
-    norm of a step (None = no clipping).
+    norm of a step (None = no clipping). ``validate_every``: epochs between validations (the last
+    epoch is always validated; the best weights are chosen among the validated epochs);
+    ``checkpoint_every``: epochs between resume checkpoints (the last epoch always writes one).
     """
 
     epochs: int
@@ -68,6 +58,8 @@ class TrainBudget:
     schedule: str = "constant"
     warmup_windows: int = 0
     grad_clip: float | None = None
+    validate_every: int = 1
+    checkpoint_every: int = 1
 
     @classmethod
     def from_section(cls, given: Mapping, name: str) -> "TrainBudget":
@@ -81,6 +73,8 @@ class TrainBudget:
             "schedule": lambda k, v: check_choice(k, v, SCHEDULES),
             "warmup_windows": lambda k, v: check_integer(k, v, 0),
             "grad_clip": lambda k, v: None if v is None else check_number(k, v, 0.0, strict=True),
+            "validate_every": lambda k, v: check_integer(k, v, 1),
+            "checkpoint_every": lambda k, v: check_integer(k, v, 1),
         })
 
     def steps_per_epoch(self, n_windows: int) -> int:
@@ -186,6 +180,18 @@ def method_spec(methods: Mapping, method_id: str) -> MethodSpec:
             f"{key}.weights", weights,
             "null, or a zoo file of a trainable method (zoo/<run>-<sha8>.pt, listed in zoo/metafile.yml)")
     return MethodSpec(method_id, name, module, dict(model), budget, weights)
+
+
+def check_profile_requirements(spec: MethodSpec, profile: str) -> None:
+    """In the paper profile, every constructor param the method declares in ``paper_requires``
+    must be set: a ConfigError names ``methods.<id>.model.<param>`` otherwise."""
+    if profile != "paper":
+        return
+    for name in method_class(spec.name).paper_requires:
+        if spec.model.get(name) is None:
+            raise ConfigError(f"methods.{spec.id}.model.{name} is required in the paper profile (the published "
+                              f"numbers depend on it); for the GANs: a torchvision VGG19 ImageNet state_dict file "
+                              f"(vgg19-dcbb9e9d.pth), declared with `-S methods.{spec.id}.model.{name}=<path>`")
 
 
 def proposal_of(method_id: str, methods: Mapping) -> str | None:

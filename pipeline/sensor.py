@@ -17,19 +17,19 @@ from pipeline.config import BIT_DEPTHS, build_config, check_bool, check_choice, 
 
 @dataclasses.dataclass(frozen=True)
 class Sensor:
-    """Frame side ``size`` (LR px, odd), Gaussian PSF std ``psf_sigma`` (LR px), additive noise
+    """Frame side ``frame_size`` (LR px, odd), Gaussian PSF std ``psf_sigma`` (LR px), additive noise
     std ``noise_sigma`` (counts), ``bit_depth`` (0 = float frames, else unsigned integers) and
     whether values clip at full scale (``saturate``)."""
 
-    size: int = 11
+    frame_size: int = 11
     psf_sigma: float = 0.5
     noise_sigma: float = 0.0
     bit_depth: int = 8
     saturate: bool = True
 
     def __post_init__(self) -> None:
-        if self.size < 3 or self.size % 2 == 0:
-            raise ValueError(f"sensor size must be odd and >= 3, got {self.size}")
+        if self.frame_size < 3 or self.frame_size % 2 == 0:
+            raise ValueError(f"sensor frame_size must be odd and >= 3, got {self.frame_size}")
         if not self.psf_sigma > 0 or self.noise_sigma < 0:
             raise ValueError(f"sensor needs psf_sigma > 0 and noise_sigma >= 0, got {self.psf_sigma}, "
                              f"{self.noise_sigma}")
@@ -39,13 +39,13 @@ class Sensor:
     @classmethod
     def from_section(cls, given: Mapping, name: str = "sensor") -> "Sensor":
         """The sensor of params.yaml's ``sensor`` section; a bad value is a ConfigError naming its key."""
-        def size(key: str, value: Any) -> int:
+        def frame_size(key: str, value: Any) -> int:
             check_integer(key, value, 3)
             require(value % 2 == 1, key, value, "must be odd (the group starts on a pixel centre)")
             return value
 
         return build_config(cls, name, given, {
-            "size": size,
+            "frame_size": frame_size,
             "psf_sigma": lambda k, v: check_number(k, v, 0.0, strict=True),
             "noise_sigma": lambda k, v: check_number(k, v, 0.0),
             "bit_depth": lambda k, v: check_choice(k, v, BIT_DEPTHS),

@@ -123,7 +123,7 @@ def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndar
     (targets plus the trajectory's background, if any).
     """
     _check_geometry(config, sensor)
-    n, frames, k_max, size = config.trajectories, config.frames, config.k_max, sensor.size
+    n, frames, k_max, size = config.trajectories, config.frames, config.k_max, sensor.frame_size
     background = backgrounds(config, n, size)
     rng = np.random.default_rng(config.seed)
     centre = (size - 1) / 2

@@ -2,7 +2,8 @@
 
 Adam on the method's own parameters (settings and budget from ``methods.<id>.train``), seeded
 initialisation and a seeded draw of training windows every epoch (one run per seed of
-``trainer.seeds``), bf16 autocast on CUDA, data-parallel across processes started by
+``trainer.seeds``), optional bf16 autocast of the forward pass on CUDA (``mixed_precision``; the
+loss, targets and sampling grids stay fp32), data-parallel across processes started by
 ``torchrun`` (:mod:`pipeline.distributed`), a
 checkpoint after every epoch that a rerun resumes from (bit-identical to an uninterrupted run on
 CPU), validation CSO-mAP after every epoch and the best weights by it. Adversarial methods (a
@@ -31,8 +32,12 @@ from pipeline.config import ConfigError, build_config, check_bool, check_choice,
 from pipeline.data import Windows
 from pipeline.io import atomic_path
 from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.runtime import DEVICES, MethodSpec, build_method
+from pipeline.device import DEVICES
+from pipeline.runtime import MethodSpec, build_method
 from pipeline.stage_io import state_bytes
+
+
+MAX_SEED = 2**32  # seeds index numpy's and torch's generators; seed * 100_003 + epoch stays in 64 bits
 
 
 class TrainingError(RuntimeError):
@@ -72,6 +77,8 @@ def check_seeds(key: str, value: Any) -> tuple[int, ...]:
     require(isinstance(value, (list, tuple)) and len(value) > 0, key, value,
             "a non-empty list of distinct integers >= 0, e.g. [0] or [0, 1, 2]")
     seeds = tuple(check_integer(f"{key}[{i}]", seed, 0) for i, seed in enumerate(value))
+    for i, seed in enumerate(seeds):
+        require(seed < MAX_SEED, f"{key}[{i}]", seed, f"a seed must be below 2**32 = {MAX_SEED}")
     require(len(set(seeds)) == len(seeds), key, value, "the seeds must be distinct")
     return seeds
 
@@ -95,12 +102,21 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def explicit_settings(value: Any) -> Any:
+    """A dataclass as a dict without the fields left at their declared default (recursively), so
+    that an option added later, at its default, leaves the fingerprint of older runs unchanged."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    return {field.name: explicit_settings(getattr(value, field.name)) for field in dataclasses.fields(value)
+            if field.default is dataclasses.MISSING or getattr(value, field.name) != field.default}
+
+
 def run_inputs(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOperator, train: Windows,
                seed: int) -> dict[str, str]:
     """The named inputs a training run depends on, each as a short hash: a checkpoint resumes only
     when all of them match, and a mismatch names the input that changed."""
-    run = {**dataclasses.asdict(trainer), "seeds": None, "seed": seed}
-    return {"settings": fingerprint(dataclasses.asdict(spec), run), "sensor": fingerprint(dataclasses.asdict(physics.sensor)),
+    run = {**explicit_settings(trainer), "seeds": None, "seed": seed}
+    return {"settings": fingerprint(explicit_settings(spec), run), "sensor": fingerprint(dataclasses.asdict(physics.sensor)),
             "phi": fingerprint(physics.phi), "qinit": fingerprint(physics.qinit),
             "training data": fingerprint(train.lr, train.hr)}
 
@@ -116,6 +132,20 @@ class TrainResult:
 
 def _detached(output: MethodOutput) -> MethodOutput:
     return dataclasses.replace(output, hr=output.hr.detach())
+
+
+def _fp32(value: Any) -> Any:
+    """Floating tensors of a method's output (also inside lists and dicts) as fp32: under bf16
+    autocast only the forward pass runs in bf16, the loss against fp32 targets in fp32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, MethodOutput):
+        return dataclasses.replace(value, hr=_fp32(value.hr), extras=_fp32(value.extras))
+    if isinstance(value, dict):
+        return {key: _fp32(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fp32(item) for item in value)
+    return value
 
 
 def _checked(loss: torch.Tensor, what: str, spec: MethodSpec, epoch: int, step: int) -> torch.Tensor:
@@ -151,8 +181,10 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
     torch RNG, position and history); a rerun from the same inputs (:func:`run_inputs`) resumes
     from it, ``accept_inputs`` resumes even when the data, Phi or Q_init differ (a notice names
     them; the settings must match). ``on_step(epoch, step)`` is called before each step (tests use
-    it to interrupt a run); ``after_epoch(history)`` is called after each saved epoch, and a true
-    answer ends the run early, unfinished (``finished`` False, the checkpoint kept). Each history row holds the epoch, mean training
+    it to interrupt a run); ``after_epoch(history)`` is called after every epoch but the last, and
+    a true answer ends the run there, unfinished (``finished`` False, a checkpoint written).
+    Validation and checkpoints follow ``validate_every`` / ``checkpoint_every`` of the budget
+    (an epoch not validated has a NaN score in the history). Each history row holds the epoch, mean training
     loss, validation CSO-mAP, training windows seen, learning rate at the epoch's end and the
     cumulative CPU and wall seconds of training over every resumed part. Inside a process group
     (:func:`pipeline.distributed.start`) the model is wrapped in DDP and each process trains on
@@ -221,7 +253,9 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             lr_batch, hr_batch = lr_all[index].to(device), hr_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 output = forward(lr_batch)
-                loss, _ = model.loss(output, hr_batch)
+            if use_amp:
+                output = _fp32(output)
+            loss, _ = model.loss(output, hr_batch)
             _checked(loss, "loss", spec, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,6 +266,7 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
                 critic.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     critic_loss, _ = model.discriminator_loss(_detached(output), hr_batch)
+                critic_loss = critic_loss.float()
                 _checked(critic_loss, "discriminator loss", spec, epoch, step).backward()
                 if budget.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(adversary.parameters(), budget.grad_clip)
@@ -239,20 +274,23 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
             losses.append(loss.item())
         cpu_seconds = cpu_done + time.process_time() - cpu_start
         wall_seconds = wall_done + time.perf_counter() - wall_start
-        score = distributed.from_main(validate(model) if world.main else math.nan, world)
+        last = epoch + 1 == budget.epochs
+        validated = last or (epoch + 1) % budget.validate_every == 0
+        score = distributed.from_main(validate(model) if world.main else math.nan, world) if validated else math.nan
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score,
                         "windows": seen, "lr": budget.lr_at(max(seen - 1, 0), total),
                         "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1)})
-        if score > best_score or best_state is None:
+        if validated and (score > best_score or best_state is None):
             best_score, best_state = score, copy.deepcopy(model.state_dict())
-        epochs.set_postfix(loss=f"{history[-1]['train_loss']:.4g}", val_map=f"{score:.2f}")
-        if world.main:
+        epochs.set_postfix(loss=f"{history[-1]['train_loss']:.4g}", val_map=f"{best_score:.2f}")
+        stop_now = after_epoch is not None and not last and after_epoch(history)
+        if world.main and (last or stop_now or (epoch + 1) % budget.checkpoint_every == 0):
             _save_checkpoint(checkpoint, {"inputs": inputs, "epoch": epoch, "model": model.state_dict(),
                                           "optimizer": optimizer.state_dict(),
                                           "critic": critic.state_dict() if critic is not None else None,
                                           "rng": torch.get_rng_state(), "history": history,
                                           "best_state": best_state, "best_score": best_score})
-        if after_epoch is not None and after_epoch(history) and epoch + 1 < budget.epochs:
+        if stop_now:
             return TrainResult(best_state, history, finished=False)
     return TrainResult(best_state, history)
 

@@ -13,10 +13,11 @@ import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig, load_params, section
+from pipeline.device import resolve_device
 from pipeline.data import SplitData, load_split, load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method
 from pipeline.io import read_table, write_json
-from pipeline.runtime import build_for_evaluation, resolve_device
+from pipeline.runtime import build_for_evaluation
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors

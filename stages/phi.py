@@ -1,4 +1,4 @@
-"""Stage phi: the sampling matrix Phi by dblquad (params: sensor.size, sensor.psf_sigma, phi)."""
+"""Stage phi: the sampling matrix Phi by dblquad (params: sensor.frame_size, sensor.psf_sigma, phi)."""
 import argparse
 
 from pipeline.cli import run_stage, stage_parser
@@ -12,7 +12,7 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     sensor = Sensor.from_section(section(params, "sensor"))
     config = PhiConfig.from_section(section(params, "phi"))
-    phi = build_phi(sensor.size, config.c, sensor.psf_sigma, epsabs=config.epsabs, epsrel=config.epsrel,
+    phi = build_phi(sensor.frame_size, config.c, sensor.psf_sigma, epsabs=config.epsabs, epsrel=config.epsrel,
                     progress=True)
     save_array(phi, args.out)
 

@@ -15,7 +15,7 @@ def main(args: argparse.Namespace) -> None:
     sensor = Sensor.from_section(section(params, "sensor"))
     if data.source == "official":
         frames, targets = read_official_tree(data.official_root, config.frames, bit_depth=sensor.bit_depth,
-                                             size=sensor.size, progress=True)
+                                             size=sensor.frame_size, progress=True)
     else:
         frames, targets = simulate(config, sensor)
     write_frames(frames, args.frames)

@@ -16,10 +16,11 @@ import pandas as pd
 
 from pipeline.cli import PHYSICS, run_stage, stage_parser
 from pipeline.config import PROFILES, EvaluateConfig, StressConfig, load_params, section
+from pipeline.device import resolve_device
 from pipeline.data import load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method, grid_oracle
 from pipeline.io import atomic_path, write_json
-from pipeline.runtime import build_for_evaluation, method_label, resolve_device
+from pipeline.runtime import build_for_evaluation, method_label
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors

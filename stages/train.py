@@ -12,11 +12,12 @@ import pandas as pd
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import ConfigError, EvaluateConfig, load_params, section
+from pipeline.device import resolve_device
 from pipeline.evaluation import predict
 from pipeline.io import atomic_path
 from pipeline import distributed
 from pipeline.metrics import cso_map
-from pipeline.runtime import method_spec, resolve_device
+from pipeline.runtime import check_profile_requirements, method_spec
 from pipeline.sensor import Sensor
 from pipeline.stage_io import load_physics, load_saved_model, load_training_windows, save_model
 from pipeline.zoo import verified_entry
@@ -28,6 +29,7 @@ HISTORY_COLUMNS = ["seed", "epoch", "windows", "train_loss", "val_cso_map"]
 def main(args: argparse.Namespace) -> None:
     params = load_params()
     spec = method_spec(section(params, "methods"), args.method)
+    check_profile_requirements(spec, params.get("profile", "laptop"))
     trainer = TrainerConfig.from_section(section(params, "trainer"))
     evaluate = EvaluateConfig.from_section(section(params, "evaluate"))
     world, device = distributed.start(resolve_device(trainer.device))

@@ -13,7 +13,7 @@ def _finite_difference_covariance(targets: np.ndarray, sensor: Sensor, step: flo
     """Inverse of J^T J / variance with J from central differences of render_batch (no clipping)."""
     def frame(values):
         rows = values.reshape(-1, 3)
-        return render_batch(rows[None, :, 0], rows[None, :, 1], rows[None, :, 2], sensor.size, sensor.psf_sigma).ravel()
+        return render_batch(rows[None, :, 0], rows[None, :, 1], rows[None, :, 2], sensor.frame_size, sensor.psf_sigma).ravel()
 
     flat = targets.ravel()
     columns = []

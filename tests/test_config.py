@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pipeline.config import (ConfigError, DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig,
                              ReportConfig, SimulateConfig, SplitConfig, load_params, read_params, resolve_profile)
@@ -6,6 +9,8 @@ from pipeline.data import scored_frames
 from pipeline.runtime import check_proposals, method_spec
 from pipeline.sensor import Sensor
 from pipeline.training import TrainerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_repository_params_are_valid(params):
@@ -75,7 +80,7 @@ def test_invalid_simulate_values_name_key_value_and_rule(params, key, value, fra
     ("bit_depth", 12, "allowed values are [0, 8, 16]"),
     ("noise_sigma", -0.1, "sensor.noise_sigma"),
     ("saturate", "yes", "true or false"),
-    ("size", 10, "must be odd"),
+    ("frame_size", 10, "must be odd"),
 ])
 def test_invalid_sensor_values_name_key_value_and_rule(params, key, value, fragment):
     with pytest.raises(ConfigError) as error:
@@ -136,3 +141,20 @@ def test_missing_params_file_is_named(tmp_path):
     broken.write_text("simulate: [unclosed")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_params(broken)
+
+
+def test_no_param_key_is_one_that_dvcs_run_cache_ignores():
+    blind = {"size", "nfiles"}  # dvc/stage/cache.py drops these keys when it hashes a run
+
+    def keys(value, path=""):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield f"{path}{key}", key
+                yield from keys(item, f"{path}{key}.")
+        elif isinstance(value, list):
+            for item in value:
+                yield from keys(item, path)
+
+    for name in ("params.yaml", "experiments.yaml"):
+        found = [dotted for dotted, key in keys(yaml.safe_load((ROOT / name).read_text())) if key in blind]
+        assert not found, f"{name}: {found} would be invisible to DVC's run cache"

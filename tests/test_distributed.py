@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from physics_helpers import on_grid_windows
 from pipeline import distributed
 from pipeline.runtime import MethodSpec, TrainBudget, build_method
 from pipeline.training import TrainerConfig, train_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 TRAINER = TrainerConfig(device="cpu", seeds=(5,), mixed_precision=False, eval_batch=64, threads=1, val_windows=None)
 SPECS = {  # batch 16 of 48 windows: three full steps an epoch, 8 windows a process under DDP
@@ -108,7 +112,7 @@ def test_device_placement_without_a_gpu(monkeypatch):
 
 def test_auto_device_picks_cuda_when_present(monkeypatch):
     from pipeline.config import ConfigError
-    from pipeline.runtime import resolve_device
+    from pipeline.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
@@ -116,3 +120,16 @@ def test_auto_device_picks_cuda_when_present(monkeypatch):
         resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto").type == "cuda" and resolve_device("cpu").type == "cpu"
+
+
+def test_the_paper_profile_without_cuda_stops_every_stage_at_once(monkeypatch, tmp_path):
+    """profile: paper asks for trainer.device cuda; without a usable GPU, loading the params
+    (the first thing every stage does) stops with what the torch build needs."""
+    from pipeline.config import ConfigError, load_params
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = (ROOT / "params.yaml").read_text().replace("profile: laptop ", "profile: paper  ", 1)
+    (tmp_path / "params.yaml").write_text(params)
+    with pytest.raises(ConfigError, match=r"trainer.device = 'cuda' is invalid here: torch .* (CPU build|built for CUDA)"):
+        load_params(tmp_path / "params.yaml")
+    assert load_params(ROOT / "params.yaml")["trainer"]["device"] == "auto"  # the laptop profile

@@ -130,12 +130,15 @@ def test_frames_without_detections_count_their_gts():
         assert cso_map([np.array([[1.0, 1.0, 5.0]]), empty], gts, THRESHOLDS)["cso_map"] == 50.0
 
 
-def test_degenerate_inputs_give_zero():
+def test_no_detections_give_zero_and_no_ground_truth_is_an_error():
     zero = {"cso_map": 0.0, "ap05": 0.0, "ap10": 0.0, "ap15": 0.0, "ap20": 0.0, "ap25": 0.0}
     assert cso_map([EMPTY, np.array([])], [np.array([[1.0, 1.0, 1.0]]), EMPTY], THRESHOLDS) == zero
-    assert cso_map([np.array([[1.0, 1.0, 1.0]])], [np.array([])], THRESHOLDS) == zero
-    assert cso_map([EMPTY], [EMPTY], THRESHOLDS) == zero
-    assert cso_map([], [], THRESHOLDS) == zero
+    with pytest.raises(ValueError, match="holds no target: CSO-mAP is undefined"):
+        cso_map([np.array([[1.0, 1.0, 1.0]])], [np.array([])], THRESHOLDS)
+    with pytest.raises(ValueError, match="holds no target"):
+        cso_map([EMPTY], [EMPTY], THRESHOLDS)
+    with pytest.raises(ValueError, match="no frames to score"):
+        cso_map([], [], THRESHOLDS)
 
 
 def test_invalid_inputs_raise():

@@ -182,3 +182,45 @@ def test_two_seeds_and_a_two_process_training(fresh_clone):
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
           "-m", "stages.train", *arguments], fresh_clone)
     assert saved_seeds(fresh_clone / "ddp.pt", "srcnn") == [0, 1]  # params.yaml still holds both seeds
+
+
+# A changed value for every key of the sections that make the dataset and Phi (a new key must be
+# added here: the test below checks that DVC sees each of them).
+DATA_KEY_CHANGES = {
+    "sensor": {"frame_size": 13, "psf_sigma": 0.55, "noise_sigma": 1.0, "bit_depth": 16, "saturate": False},
+    "simulate": {"seed": 1, "trajectories": 13, "frames": 12, "k_min": 3, "k_max": 3, "distance": 0.25,
+                 "layout": "disc", "step": 0.05, "drift_max": 0.001, "brightness": [200.0, 250.0],
+                 "curves": ["line"], "line_slope_max": 0.4, "quadratic_curvature_max": 0.2,
+                 "circle_radius": [3.0, 7.0], "background": "clutter", "background_dir": None,
+                 "clutter": {"level": [5.0, 20.0], "amplitude": 3.0, "correlation": 2.0}},
+    "phi": {"c": 5, "epsabs": 1.0e-12, "epsrel": 1.0e-10},
+}
+
+
+def test_every_data_key_is_seen_by_dvc_and_reruns_its_stage(fresh_clone):
+    """DVC's run cache drops dict keys named ``size`` or ``nfiles`` when it hashes a run: a
+    changed value of such a key would be "cached - skipping run". Each sensor/simulate/phi key,
+    changed, must make `dvc status` call its stage changed and `dvc repro` run it."""
+    dvc = [sys.executable, "-m", "dvc"]
+    params_path = fresh_clone / "params.yaml"
+    original = params_path.read_text()
+    base = yaml.safe_load(original)
+    for section, changes in DATA_KEY_CHANGES.items():
+        assert set(changes) == set(base[section]), f"{section}: keys without a change to test"
+    _run(dvc + ["repro", "phi", "simulate"], fresh_clone)
+    try:
+        for section, changes in DATA_KEY_CHANGES.items():
+            stage = "phi" if section == "phi" else "simulate"
+            for key, value in changes.items():
+                if section == "simulate" and key == "background_dir":
+                    continue  # read only with background: images (a folder of images); see test_bad_inputs
+                params = yaml.safe_load(original)
+                params[section][key] = value
+                params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+                assert "changed" in _run(dvc + ["status", stage], fresh_clone), f"{section}.{key}"
+                ran = _ran_stages(_run(dvc + ["repro", "-s", stage], fresh_clone))
+                assert stage in ran, f"{section}.{key} changed but {stage} was not re-run"
+    finally:
+        params_path.write_text(original)
+        _run(dvc + ["repro", "phi", "simulate"], fresh_clone)
+

@@ -46,8 +46,8 @@ def test_counts_spacing_brightness_and_field_of_view(params, sensor):
     brightness = sim["brightness"][sim["active"]]
     assert brightness.min() >= 220 and brightness.max() <= 250
     assert np.allclose(sim["brightness"], sim["brightness"][:, :1])  # constant along a trajectory
-    assert x[sim["active"]].min() > -0.5 and x[sim["active"]].max() < sensor.size - 0.5
-    assert y[sim["active"]].min() > -0.5 and y[sim["active"]].max() < sensor.size - 0.5
+    assert x[sim["active"]].min() > -0.5 and x[sim["active"]].max() < sensor.frame_size - 0.5
+    assert y[sim["active"]].min() > -0.5 and y[sim["active"]].max() < sensor.frame_size - 0.5
 
 
 def _four_target_arrays(params, **changes):
@@ -61,8 +61,8 @@ def test_reference_point_motion(params):
     steps = np.diff(ref_x, axis=1)
     assert np.allclose(np.abs(steps), config.step)
     x0 = ref_x[:, 0]
-    assert np.allclose(x0, np.round(x0)) and x0.min() >= 1 and x0.max() <= SENSOR.size - 2
-    assert np.all(np.sign(steps[:, 0]) == np.where(x0 < (SENSOR.size - 1) / 2, 1, -1))
+    assert np.allclose(x0, np.round(x0)) and x0.min() >= 1 and x0.max() <= SENSOR.frame_size - 2
+    assert np.all(np.sign(steps[:, 0]) == np.where(x0 < (SENSOR.frame_size - 1) / 2, 1, -1))
     assert np.all(np.abs(np.diff(ref_y, axis=1)) < 2 * config.step)  # a smooth curve
 
 

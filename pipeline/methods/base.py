@@ -50,8 +50,8 @@ class PhysicsOperator(nn.Module):
         for name, array in (("phi", phi), ("qinit", qinit)):
             if not np.all(np.isfinite(array)):
                 raise ValueError(f"{name} contains non-finite values")
-        sensor = Sensor(size=grid.size) if sensor is None else sensor
-        if not isinstance(sensor, Sensor) or sensor.size != grid.size:
+        sensor = Sensor(frame_size=grid.size) if sensor is None else sensor
+        if not isinstance(sensor, Sensor) or sensor.frame_size != grid.size:
             raise ValueError(f"sensor must be a Sensor for {grid.size}x{grid.size} frames, got {sensor!r}")
         self._grid = grid
         self.sensor = sensor
@@ -119,6 +119,8 @@ class UnmixingMethod(nn.Module):
     :meth:`discriminator_loss`; the trainer then alternates a generator and a discriminator step
     (the generator's :meth:`loss` may call ``self.discriminator``). Extra loss terms are the
     method's business: :meth:`loss` returns the total and its named components.
+    ``paper_requires``: constructor params that must be set (not None) in the paper profile,
+    because the published numbers depend on them (the GANs' pretrained perceptual network).
     """
 
     trainable: bool = True
@@ -127,6 +129,7 @@ class UnmixingMethod(nn.Module):
     family: str = "other"
     label: str = ""
     smoke_params: ClassVar[dict] = {}
+    paper_requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, physics: PhysicsOperator) -> None:
         super().__init__()

@@ -42,6 +42,7 @@ class _AdversarialSR(UnmixingMethod):
 
     family = "super_resolution"
     relativistic: ClassVar[bool] = False
+    paper_requires = ("perceptual_weights",)  # the published rows use an ImageNet-trained VGG19
 
     def __init__(self, physics: PhysicsOperator, discriminator: nn.Module, pixel_weight: float,
                  perceptual_weight: float, adversarial_weight: float, perceptual_layer: int,

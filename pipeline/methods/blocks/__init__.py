@@ -5,6 +5,12 @@ import torch
 from torch import nn
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """A half-precision (bf16/fp16) tensor as fp32; fp32 and fp64 unchanged. Sampling grids and
+    the maps they read stay in full precision under autocast."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def soft_threshold(x: torch.Tensor, theta: torch.Tensor | float) -> torch.Tensor:
     """sign(x) * max(|x| - theta, 0), elementwise; ``theta`` broadcasts against ``x``."""
     return torch.sign(x) * torch.relu(torch.abs(x) - theta)

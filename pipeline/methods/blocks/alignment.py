@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.methods.blocks import full_precision
+
 
 def frame_index_encoding(frames: int, width: int, dtype: torch.dtype | None = None,
                          device: torch.device | None = None) -> torch.Tensor:
@@ -43,10 +45,13 @@ class TemporalGate(nn.Module):
 
 def bilinear_sample(features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """features (N, C, H, W) read bilinearly at pixel positions rows, cols (N, H', W') ->
-    (N, C, H', W'); pixel centres at integers, zeros outside the map."""
+    (N, C, H', W'); pixel centres at integers, zeros outside the map. The sampling grid and the
+    interpolation stay fp32 under bf16 autocast (a bf16 grid moves a sample by up to 0.1 px)."""
     height, width = features.shape[-2:]
-    grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    with torch.autocast(features.device.type, enabled=False):
+        rows, cols = full_precision(rows), full_precision(cols)
+        grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
+        return F.grid_sample(full_precision(features), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 class SelectiveAttention(nn.Module):

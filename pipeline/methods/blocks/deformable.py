@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.methods.blocks import full_precision
+
 
 def sampled_deform_conv2d(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``torchvision.ops.deform_conv2d(x, offsets, weight, padding=k // 2)`` (stride 1, no bias,
@@ -32,10 +34,12 @@ def sampled_deform_conv2d(x: torch.Tensor, offsets: torch.Tensor, weight: torch.
     offsets = offsets.reshape(batch * groups, taps, 2, height, width)
     rows = torch.arange(height, dtype=x.dtype, device=x.device)[:, None] + tap_rows.reshape(taps, 1, 1) + offsets[:, :, 0]
     cols = torch.arange(width, dtype=x.dtype, device=x.device) + tap_cols.reshape(taps, 1, 1) + offsets[:, :, 1]
-    grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
-    samples = F.grid_sample(x.reshape(batch * groups, channels // groups, height, width),
-                            grid.reshape(batch * groups, taps * height, width, 2),
-                            mode="bilinear", padding_mode="zeros", align_corners=True)
+    with torch.autocast(x.device.type, enabled=False):  # the sampling grid stays fp32 under bf16 autocast
+        rows, cols = full_precision(rows), full_precision(cols)
+        grid = torch.stack([2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0], dim=-1)
+        samples = F.grid_sample(full_precision(x).reshape(batch * groups, channels // groups, height, width),
+                                full_precision(grid).reshape(batch * groups, taps * height, width, 2),
+                                mode="bilinear", padding_mode="zeros", align_corners=True)
     samples = samples.reshape(batch, channels, taps, height, width)
     return torch.einsum("nckhw,ock->nohw", samples, weight.reshape(out_channels, channels, taps))
 

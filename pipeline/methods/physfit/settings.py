@@ -19,6 +19,9 @@ RIDGE = 1e-9  # relative ridge added to the small Gram matrices of the proposals
 BACKGROUND_MODELS = ("none", "constant", "smooth", "auto")  # what the targets of a fit sit on
 
 
+MAX_TARGETS = 16  # most targets per group PhysFit fits: the K-target fit costs O(K^3) a step per start
+
+
 @functools.lru_cache(maxsize=16)
 def _arm_roses(directions: tuple[tuple[float, float], ...],
                refinements: int) -> tuple[tuple[tuple[float, float], ...], ...]:
@@ -209,6 +212,16 @@ class PhysFitSettings:
             raise ValueError("group_prior_sd must be >= 0 and group_radius_sd > 0 when the prior is on")
         if not 0 <= self.arm_level <= self.arm_refinements:
             raise ValueError(f"need 0 <= arm_level <= arm_refinements, got {self.arm_level}, {self.arm_refinements}")
+        if max(self.k_max, self.k_limit or 0) > MAX_TARGETS:
+            raise ValueError(f"k_max and k_limit must be <= {MAX_TARGETS} targets per group, got {self.k_max}, "
+                             f"{self.k_limit}")
+        counts = {"lm_iterations": self.lm_iterations, "random_starts": self.random_starts,
+                  "window_modes": self.window_modes, "max_modes": self.max_modes, "block_size": self.block_size,
+                  "chunk_elements": self.chunk_elements}
+        low = {name: value for name, value in counts.items() if value < (0 if name == "random_starts" else 1)}
+        if low:
+            raise ValueError(f"need lm_iterations, window_modes, max_modes, block_size, chunk_elements >= 1 "
+                             f"and random_starts >= 0, got {low}")
 
     @property
     def noise_sd(self) -> float:
@@ -256,7 +269,7 @@ class PhysFitSettings:
         """Settings for frames recorded by ``sensor`` (frame size, PSF, noise, rounding, clipping):
         float frames (bit depth 0) are neither rounded nor clipped; integer frames clip at 0 and,
         when the sensor saturates, at its full scale. ``fields`` override any other field."""
-        base = dict(size=sensor.size, psf_sigma=sensor.psf_sigma, noise_sigma=sensor.noise_sigma,
+        base = dict(size=sensor.frame_size, psf_sigma=sensor.psf_sigma, noise_sigma=sensor.noise_sigma,
                     quantum=sensor.quantum, full_scale=sensor.clip_high,
                     floor=0.0 if sensor.quantised else None)
         base.update(fields)
