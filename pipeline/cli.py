@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from pipeline.config import ConfigError
-from pipeline.io import DataFileError
+from pipeline.errors import ConfigError, DataFileError, TrainingError
 
 INPUTS = {
     "phi": "Phi .npy, shape (size^2, (c size)^2)",
@@ -44,12 +43,22 @@ def stage_parser(script: str, doc: str | None, inputs: Sequence[str] = (),
 def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
               argv: Sequence[str] | None = None) -> None:
     """Parse arguments and run ``main``; invalid params, bad data files, failed training and
-    rejected values exit 2 with one clear line naming the key, file or value."""
-    from pipeline.training import TrainingError
-
+    rejected values exit 2 with one clear line naming the key, file or value; Ctrl-C exits 130
+    with one line saying what is kept (outputs are written atomically, training resumes from its
+    checkpoint); a failed write (disk full, permissions) names the file."""
     args = parser.parse_args(argv)
     try:
         main(args)
     except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
         print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted: no output was written (outputs are renamed into place only when "
+              "complete); a training stage keeps its checkpoint of the last completed epoch and resumes from it "
+              "when rerun (dvc repro)", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        where = exc.filename or "an output file"
+        print(f"{parser.prog}: error: cannot write or read {where}: {exc.strerror or exc} "
+              "(disk full or no permission?); nothing was recorded as done", file=sys.stderr)
         sys.exit(2)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from pipeline.errors import ConfigError  # noqa: F401  (its home is pipeline.errors)
+
 PARAMS_FILE = Path("params.yaml")
 PROFILES = ("laptop", "paper")  # scale profiles: a mapping with exactly these keys is a per-profile value
 
@@ -26,10 +28,6 @@ DATA_SOURCES = ("simulate", "official")
 QINIT_MEASUREMENTS = ("frames", "phi_gt")
 SPLIT_NAMES = ("train", "val", "test")
 MAX_TARGETS = 8  # four cardinal plus four diagonal directions
-
-
-class ConfigError(ValueError):
-    """An invalid params.yaml value; the message names the key, the value and what is allowed."""
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict:
@@ -65,10 +63,38 @@ def resolve_profile(params: Mapping) -> dict:
     return {key: pick(value) for key, value in params.items()}
 
 
+SECTION_CHECKS: dict[str, Callable[[Mapping], Any]] = {}
+
+
+def register_section_check(name: str, check: Callable[[Mapping], Any]) -> None:
+    """Declare how section ``name`` is validated (``check(resolved params)`` raises ConfigError):
+    :func:`load_params` then checks it under every profile, not only the active one."""
+    SECTION_CHECKS[name] = check
+
+
+def check_inactive_profiles(raw: Mapping) -> None:
+    """Validate every registered section under each profile that is not active, so that a bad
+    ``{laptop: 8, paper: -1}`` stops now rather than when someone switches profile, hours later."""
+    active = raw.get("profile", PROFILES[0])
+    for profile in PROFILES:
+        if profile == active:
+            continue  # the stage checks its own sections of the active profile, with plain messages
+        resolved = resolve_profile({**raw, "profile": profile})
+        for name, check in SECTION_CHECKS.items():
+            if name in resolved:
+                try:
+                    check(resolved)
+                except ConfigError as exc:
+                    raise ConfigError(f"under profile {profile} (not the active one): {exc}") from exc
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """params.yaml with the active profile resolved; a missing or unparsable file names the file.
-    ``trainer.device: cuda`` on a machine without a usable GPU stops every stage at once."""
-    params = resolve_profile(read_params(path))
+    """params.yaml with the active profile resolved, every registered section also checked under
+    the other profile; a missing or unparsable file names the file. ``trainer.device: cuda`` on a
+    machine without a usable GPU stops every stage at once."""
+    raw = read_params(path)
+    params = resolve_profile(raw)
+    check_inactive_profiles(raw)
     trainer = params.get("trainer")
     if isinstance(trainer, Mapping) and trainer.get("device") == "cuda":
         from pipeline.device import resolve_device  # imports torch: only when CUDA is asked for
@@ -339,12 +365,14 @@ def ap_key(threshold: float) -> str:
 class EvaluateConfig:
     """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length,
     and which test windows are scored (one in ``window_stride`` of each trajectory, the offset
-    rotating with the trajectory, :func:`pipeline.data.scored_positions`; 1 = all)."""
+    rotating with the trajectory, :func:`pipeline.data.scored_positions`; 1 = all); ``match_radius``
+    (LR px): the pairing radius of the matched metrics (Jaccard, RMSE, efficiency)."""
 
     brightness_threshold: float
     distance_thresholds: tuple[float, ...]
     window: int
     window_stride: int
+    match_radius: float = 0.25
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "evaluate") -> "EvaluateConfig":
@@ -353,6 +381,7 @@ class EvaluateConfig:
             "distance_thresholds": lambda k, v: check_number_list(k, v, 0.0, strict=True),
             "window": lambda k, v: check_integer(k, v, 1),
             "window_stride": lambda k, v: check_integer(k, v, 1),
+            "match_radius": lambda k, v: check_number(k, v, 0.0, strict=True),
         })
         require(config.window % 2 == 1, f"{name}.window", config.window, "must be odd (a middle frame is scored)")
         keys = [ap_key(t) for t in config.distance_thresholds]
@@ -484,3 +513,19 @@ class NoiseSweepConfig:
                                                "methods": methods,
                                                "window_stride": lambda k, v: check_integer(k, v, 1),
                                                "seed": lambda k, v: check_integer(k, v, 0)})
+
+
+for _name, _check in {
+    "data": lambda p: DataConfig.from_section(p["data"]),
+    "simulate": lambda p: SimulateConfig.from_section(p["simulate"]),
+    "phi": lambda p: PhiConfig.from_section(p["phi"]),
+    "split": lambda p: SplitConfig.from_section(p["split"]),
+    "qinit": lambda p: QinitConfig.from_section(p["qinit"]),
+    "evaluate": lambda p: EvaluateConfig.from_section(p["evaluate"]),
+    "report": lambda p: ReportConfig.from_section(p["report"]),
+    "crb": lambda p: CrbConfig.from_section(p["crb"]),
+    "priors": lambda p: PriorsConfig.from_section(p["priors"]),
+    "noise_sweep": lambda p: NoiseSweepConfig.from_section(p["noise_sweep"]),
+    "stress": lambda p: StressConfig.from_section(p["stress"], methods=list(p.get("methods") or {})),
+}.items():
+    register_section_check(_name, _check)

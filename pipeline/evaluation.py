@@ -15,7 +15,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.coords import Grid
 from pipeline.data import SplitData, Windows, scored_positions
 from pipeline.methods import UnmixingMethod
-from pipeline.metrics import (cso_map, hr_map_to_detections, nearest_target_distance, psnr_ssim,
+from pipeline.metrics import (cso_map, hr_map_to_detections, matched_metrics, nearest_target_distance, psnr_ssim,
                               targets_to_hr_maps)
 
 
@@ -44,12 +44,50 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _deform_conv_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """torchvision's deformable convolution: a multiply-add per kernel tap and input channel of
+    each output value, as a plain convolution (the bilinear sampling not counted)."""
+    batch, _, height, width = out_shape
+    out_channels, in_per_group, kernel_h, kernel_w = weight_shape
+    return 2 * batch * out_channels * height * width * in_per_group * kernel_h * kernel_w
+
+
+def _custom_flops() -> dict:
+    """FLOP formulas for the operators FlopCounterMode does not know (torchvision's deform_conv2d,
+    which the CUDA path of the deformable methods calls; the CPU path is counted as its einsum)."""
+    try:
+        import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+        return {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
+    except (ImportError, AttributeError, RuntimeError):
+        return {}
+
+
 def count_flops(model: UnmixingMethod, window: np.ndarray, device: torch.device) -> int:
     """FLOPs of one forward pass on one window (torch.utils.flop_counter)."""
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_flops()) as counter:
         model(torch.from_numpy(window[None]).to(device))
     return int(counter.get_total_flops())
+
+
+def network_fps(model: UnmixingMethod, lr: np.ndarray, batch: int, device: torch.device,
+                windows: int = 2048) -> float:
+    """Windows per second of the forward pass alone (no detection extraction, no host copies of
+    the output), on up to ``windows`` windows already on the device, after one warm-up batch,
+    synchronised on a GPU."""
+    model.eval()
+    sample = torch.from_numpy(lr[:windows]).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        model(sample[:batch])
+        sync()
+        start = time.perf_counter()
+        for first in range(0, len(sample), batch):
+            model(sample[first:first + batch])
+        sync()
+    elapsed = time.perf_counter() - start
+    return len(sample) / elapsed if elapsed > 0 else float("inf")
 
 
 def predict(model: UnmixingMethod, lr: np.ndarray, batch: int, device: torch.device,
@@ -105,41 +143,49 @@ def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.nda
 
     Returns (metrics, PR-curve table, HR maps, detections per window (n, 3): x, y, score): metrics holds cso_map and ap05..ap25 (percent),
     psnr (dB) and ssim of the HR maps, params (trainable count), flops (one window), fps (windows
-    per second over the whole set, prediction and detection included) and the device.
+    per second over the whole set, prediction and detection included), the matched metrics of
+    :func:`pipeline.metrics.matched_metrics` (Jaccard, precision, recall, count accuracy, RMSE,
+    efficiency within ``config.match_radius``), network_fps (the forward
+    pass alone, :func:`network_fps`), the device (with its CPU threads) and the batch.
     """
     model = model.to(device)
     start = time.perf_counter()
     maps, detections = predict(model, windows.lr, batch, device, config.brightness_threshold, progress)
     elapsed = time.perf_counter() - start
     scores = cso_map(detections, truths, config.distance_thresholds, return_curves=True)
+    matched = matched_metrics(detections, truths, config.match_radius)
     curves = pr_curve_table(scores.pop("curves"), curve_points)
     psnr, ssim = psnr_ssim(maps, windows.hr)
     metrics = {
         **scores,
+        **matched,
         "psnr": psnr,
         "ssim": ssim,
         "params": int(sum(p.numel() for p in model.generator_parameters())),
         "flops": count_flops(model, windows.lr[0], device),
         "fps": len(windows) / elapsed if elapsed > 0 else float("inf"),
+        "network_fps": network_fps(model, windows.lr, batch, device),
         "device": _device_name(device),
+        "batch": batch,
         "frames": len(windows),
         "targets": int(sum(len(t) for t in truths)),
     }
     return metrics, curves, maps, detections
 
 
-SEED_AVERAGED = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25", "psnr", "ssim", "fps")
+SEED_AVERAGED = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25", "psnr", "ssim", "fps", "network_fps",
+                 "jaccard", "precision", "recall", "count_accuracy", "rmse", "efficiency")
 
 
 def combine_seeds(per_seed: list[dict], seeds: list) -> dict:
     """The metrics of one method trained on several ``seeds`` (one dict each, from
-    :func:`evaluate_method`): the first seed's, with the mean of each score in ``SEED_AVERAGED``
+    :func:`evaluate_method`): the first seed's, with the mean of each score in ``SEED_AVERAGED`` (that all hold)
     and beside it ``<score>_std`` (sample std, ddof 1), ``seeds`` (how many) and ``per_seed``
     (seed -> its CSO-mAP and APs). One seed's metrics come back unchanged."""
     if len(per_seed) == 1:
         return dict(per_seed[0])
     combined = dict(per_seed[0])
-    for key in SEED_AVERAGED:
+    for key in (key for key in SEED_AVERAGED if all(key in metrics for metrics in per_seed)):
         values = np.array([metrics[key] for metrics in per_seed], dtype=np.float64)
         combined[key], combined[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
     combined["seeds"] = len(per_seed)

@@ -29,15 +29,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.config import SPLIT_NAMES
+from pipeline.errors import DataFileError  # noqa: F401  (its home is pipeline.errors)
 
 OFFICIAL_DATASET_DIR = "track_5000_20"
 IMAGE_DIR, ANNOTATION_DIR = "image", "annotation"
 IMAGE_NAME = "image_{id}.png"
 ANNOTATION_NAME = "COS{id}.xml"
-
-
-class DataFileError(RuntimeError):
-    """A missing, corrupt or inconsistent data file; the message names it."""
 
 
 def temporary_path(path: str | Path) -> Path:

@@ -3,7 +3,8 @@
     python -m pipeline.readme          # rewrite the table under "## Results" of README.md
 
 Each row of table7 (family headers aside) becomes a row of method, CSO-mAP (ours, ± std over
-seeds and the published value as table7 prints them), AP05..AP25 and FPS (ours only).
+seeds and the published value as table7 prints them), AP05..AP25, FPS and the matched metrics (Jaccard,
+RMSE, efficiency; ours only).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from pipeline.io import atomic_path
 
-COLUMNS = ("CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "FPS")
+COLUMNS = ("CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "FPS", "JI", "RMSE (px)", "Eff.")
 _OURS = re.compile(r"^(—|-?[\d,]+(?:\.\d+)?(?: ± [\d.]+)?)")
 
 
@@ -34,7 +35,7 @@ def results_table(table7: str) -> str:
         cells = dict(zip(header, _cells(line)))
         if cells["Method"].startswith("**"):
             continue
-        shown = [cells["CSO-mAP"]] + [_OURS.match(cells[c]).group(1) for c in COLUMNS[1:]]
+        shown = [cells["CSO-mAP"]] + [_OURS.match(cells.get(c, "—")).group(1) for c in COLUMNS[1:]]
         out.append("| " + " | ".join([cells["Method"], *shown]) + " |")
     return "\n".join(out) + "\n"
 

@@ -128,6 +128,8 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
                              ours.get(f"{key}_std") if several else None)
         row["psnr"] = f"{ours['psnr']:.2f}" if "psnr" in ours else "—"
         row["ssim"] = f"{ours['ssim']:.4f}" if "ssim" in ours else "—"
+        for key, digits in MATCHED_COLUMNS.items():
+            row[key] = f"{ours[key]:.{digits}f}" if isinstance(ours.get(key), (int, float)) and math.isfinite(ours[key]) else "—"
         rows.append(row)
     bounds = [("Grid oracle, ranked by true brightness", oracle["brightness"]),
               ("Grid oracle, perfect ranking (ceiling for HR-map methods)", oracle["perfect_ranking"])]
@@ -135,7 +137,8 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         bounds.append((CRB_LABEL, crb))
     for title, bound in bounds:
         rows.append({"family": "bound", "method": title, "params": "—", "flops": "—", "fps": "—",
-                     **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—"})
+                     **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—",
+                     **{k: "—" for k in MATCHED_COLUMNS}})
     table = pd.DataFrame(rows)
     families = list(dict.fromkeys([*published["family"], *table["family"]]))
     families.remove("bound")
@@ -144,9 +147,11 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
     return table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+MATCHED_COLUMNS = {"jaccard": 1, "rmse": 3, "count_accuracy": 1, "efficiency": 1}  # key -> decimals
 COLUMNS = {"method": "Method", "params": "Params", "flops": "FLOPs", "fps": "FPS", "cso_map": "CSO-mAP",
            "ap05": "AP05", "ap10": "AP10", "ap15": "AP15", "ap20": "AP20", "ap25": "AP25",
-           "psnr": "PSNR", "ssim": "SSIM"}
+           "psnr": "PSNR", "ssim": "SSIM", "jaccard": "JI", "rmse": "RMSE (px)", "count_accuracy": "K right",
+           "efficiency": "Eff."}
 
 
 def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:

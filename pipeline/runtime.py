@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import torch
 
-from pipeline.config import (ConfigError, build_config, check_choice, check_integer, check_number, require)
+from pipeline.config import (ConfigError, build_config, check_choice, check_integer, check_number,
+                             register_section_check, require)
 from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
 from pipeline.methods.registry import method_module
 from pipeline.priors import ScenePriors
@@ -277,3 +278,6 @@ def check_proposals(proposals: Any, methods: Mapping) -> list[str]:
         require(network in methods and method_spec(methods, network).trainable, f"physfit_proposals[{i}]",
                 network, f"a trainable method of params.yaml methods ({', '.join(methods)})")
     return proposals
+
+
+register_section_check("methods", lambda params: [method_spec(params["methods"], key) for key in params["methods"]])

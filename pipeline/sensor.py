@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.config import BIT_DEPTHS, build_config, check_bool, check_choice, check_integer, check_number, require
+from pipeline.config import (BIT_DEPTHS, build_config, check_bool, check_choice, check_integer, check_number,
+                             register_section_check, require)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +94,6 @@ class Sensor:
         if self.quantised:
             images = np.clip(np.round(images), 0.0, self.clip_high)
         return images.astype(np.float32)
+
+
+register_section_check("sensor", lambda params: Sensor.from_section(params["sensor"]))

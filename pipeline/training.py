@@ -28,20 +28,18 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import distributed
-from pipeline.config import ConfigError, build_config, check_bool, check_choice, check_integer, require
+from pipeline.config import (ConfigError, build_config, check_bool, check_choice, check_integer,
+                             register_section_check, require)
 from pipeline.data import Windows
+from pipeline.device import DEVICES
+from pipeline.errors import TrainingError
 from pipeline.io import atomic_path
 from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.device import DEVICES
-from pipeline.runtime import MethodSpec, build_method
+from pipeline.runtime import MethodSpec, TrainBudget, build_method
 from pipeline.stage_io import state_bytes
 
 
 MAX_SEED = 2**32  # seeds index numpy's and torch's generators; seed * 100_003 + epoch stays in 64 bits
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names method, epoch and step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +48,10 @@ class TrainerConfig:
 
     ``seeds``: one training run per seed (initial weights and window draws), scored each; tables
     give mean ± std when there are several. ``val_windows``: validation windows scored after
-    every epoch, evenly spaced over the validation split (None = all of them).
+    every epoch, evenly spaced over the validation split (None = all of them). ``max_windows``:
+    a cap on the training windows of every run (one epoch of at most that many; None = the
+    methods' own budgets), for smoke runs of a profile. ``check_every``: optimiser steps between
+    the non-finite-loss checks, each a host sync on a GPU (1 = every step).
     """
 
     device: str
@@ -59,6 +60,8 @@ class TrainerConfig:
     eval_batch: int
     threads: int
     val_windows: int | None
+    max_windows: int | None = None
+    check_every: int = 1
 
     @classmethod
     def from_section(cls, given: Mapping, name: str = "trainer") -> "TrainerConfig":
@@ -69,6 +72,8 @@ class TrainerConfig:
             "eval_batch": lambda k, v: check_integer(k, v, 1),
             "threads": lambda k, v: check_integer(k, v, 0),
             "val_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
+            "max_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
+            "check_every": lambda k, v: check_integer(k, v, 1),
         })
 
 
@@ -148,11 +153,24 @@ def _fp32(value: Any) -> Any:
     return value
 
 
-def _checked(loss: torch.Tensor, what: str, spec: MethodSpec, epoch: int, step: int) -> torch.Tensor:
-    if not torch.isfinite(loss):
-        raise TrainingError(f"method {spec.id}: non-finite {what} {loss.item()} at epoch {epoch}, step {step}; "
+def _checked(loss: torch.Tensor, what: str, spec: MethodSpec, epoch: int, step: int, every: int = 1
+             ) -> torch.Tensor:
+    """``loss`` when it is finite or when this step is not checked (one check every ``every``
+    steps: a NaN from an unchecked step reaches the next checked loss through the weights)."""
+    if (step + 1) % every == 0 and not torch.isfinite(loss):
+        since = f"step {step}" if every == 1 else f"step {step} (checked every {every} steps)"
+        raise TrainingError(f"method {spec.id}: non-finite {what} {loss.item()} at epoch {epoch}, {since}; "
                             f"lower methods.{spec.id}.train.lr or check the data")
     return loss
+
+
+def capped(budget: TrainBudget, max_windows: int | None, n_windows: int) -> TrainBudget:
+    """``budget`` limited to one epoch of at most ``max_windows`` windows (``trainer.max_windows``)."""
+    if max_windows is None:
+        return budget
+    drawn = n_windows if budget.windows_per_epoch is None else min(budget.windows_per_epoch, n_windows)
+    return dataclasses.replace(budget, epochs=1, windows_per_epoch=min(drawn, max_windows), validate_every=1,
+                               checkpoint_every=1, warmup_windows=min(budget.warmup_windows, max_windows))
 
 
 def epoch_order(train: Windows, draw: str, generator: torch.Generator) -> torch.Tensor:
@@ -199,7 +217,7 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
     model = build_method(spec, physics, device)
     if spec.train is None:
         return TrainResult(copy.deepcopy(model.state_dict()), [])
-    budget = spec.train
+    budget = capped(spec.train, trainer.max_windows, len(train))
     adversary = model.adversary()
     if world.size > 1 and adversary is not None:
         raise ConfigError(f"method {spec.id} is adversarial: data-parallel training (torchrun) supports "
@@ -226,7 +244,10 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = trainer.mixed_precision and device.type == "cuda"
-    lr_all, hr_all = torch.from_numpy(train.lr), torch.from_numpy(train.hr)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    # on a GPU the training windows live on it: a step's batch is an index, not a host copy
+    lr_all, hr_all = torch.from_numpy(train.lr).to(device), torch.from_numpy(train.hr).to(device)
     drawn = len(train) if budget.windows_per_epoch is None else min(budget.windows_per_epoch, len(train))
     total = budget.windows_per_run(len(train))
     seen = history[-1]["windows"] if history else 0
@@ -249,14 +270,14 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
                 for group in optim.param_groups if optim is not None else ():
                     group["lr"] = lr
             seen += len(index)
-            index = distributed.shard(index, world)
-            lr_batch, hr_batch = lr_all[index].to(device), hr_all[index].to(device)
+            index = distributed.shard(index, world).to(device)
+            lr_batch, hr_batch = lr_all[index], hr_all[index]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 output = forward(lr_batch)
             if use_amp:
                 output = _fp32(output)
             loss, _ = model.loss(output, hr_batch)
-            _checked(loss, "loss", spec, epoch, step)
+            _checked(loss, "loss", spec, epoch, step, trainer.check_every)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if budget.grad_clip is not None:
@@ -267,17 +288,18 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     critic_loss, _ = model.discriminator_loss(_detached(output), hr_batch)
                 critic_loss = critic_loss.float()
-                _checked(critic_loss, "discriminator loss", spec, epoch, step).backward()
+                _checked(critic_loss, "discriminator loss", spec, epoch, step, trainer.check_every).backward()
                 if budget.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(adversary.parameters(), budget.grad_clip)
                 critic.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
         cpu_seconds = cpu_done + time.process_time() - cpu_start
         wall_seconds = wall_done + time.perf_counter() - wall_start
         last = epoch + 1 == budget.epochs
         validated = last or (epoch + 1) % budget.validate_every == 0
         score = distributed.from_main(validate(model) if world.main else math.nan, world) if validated else math.nan
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_cso_map": score,
+        mean_loss = torch.stack(losses).double().mean().item() if losses else math.nan  # one sync an epoch
+        history.append({"epoch": epoch, "train_loss": mean_loss, "val_cso_map": score,
                         "windows": seen, "lr": budget.lr_at(max(seen - 1, 0), total),
                         "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1)})
         if validated and (score > best_score or best_state is None):
@@ -330,3 +352,6 @@ def _load_checkpoint(path: Path, inputs: dict[str, str], method_id: str, accept_
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(state_bytes(state))
+
+
+register_section_check("trainer", lambda params: TrainerConfig.from_section(params["trainer"]))

@@ -280,3 +280,18 @@ def test_tdan_loss_and_faithful_weights(physics3):
     torch.testing.assert_close(nominal, mse + 0.01 * align)
     torch.testing.assert_close(faithful.loss(output, target)[0], 2 * (mse + 0.01 * align))
     assert parts["align"] == pytest.approx(align.item(), rel=1e-6)
+
+
+def test_flops_count_torchvision_deformable_convolution():
+    """The CUDA path calls torchvision's deform_conv2d, which FlopCounterMode does not know: the
+    project's formula counts it as the convolution it is (2 * out * in * k^2 per pixel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.ops import deform_conv2d
+
+    from pipeline.evaluation import _custom_flops
+
+    x, weight = torch.randn(1, 8, 9, 9), torch.randn(4, 8, 3, 3)
+    offsets = torch.zeros(1, 18, 9, 9)
+    with FlopCounterMode(display=False, custom_mapping=_custom_flops()) as counter:
+        deform_conv2d(x, offsets, weight, padding=1)
+    assert counter.get_total_flops() == 2 * 4 * 81 * 8 * 9

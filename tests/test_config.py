@@ -158,3 +158,20 @@ def test_no_param_key_is_one_that_dvcs_run_cache_ignores():
     for name in ("params.yaml", "experiments.yaml"):
         found = [dotted for dotted, key in keys(yaml.safe_load((ROOT / name).read_text())) if key in blind]
         assert not found, f"{name}: {found} would be invisible to DVC's run cache"
+
+
+@pytest.mark.parametrize("dotted, bad", [("evaluate.window_stride", {"laptop": 8, "paper": -1}),
+                                         ("trainer.val_windows", {"laptop": 512, "paper": 0}),
+                                         ("methods.srcnn.train.lr", {"laptop": 1.0e-3, "paper": -1.0})])
+def test_a_bad_value_under_the_inactive_profile_stops_now(tmp_path, dotted, bad):
+    import pipeline.runtime  # noqa: F401  (registers the trainer and methods checks, as a stage's imports do)
+
+    params = read_params(ROOT / "params.yaml")
+    *parents, last = dotted.split(".")
+    node = params
+    for name in parents:
+        node = node[name]
+    node[last] = bad
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ConfigError, match=rf"under profile paper \(not the active one\): {dotted}"):
+        load_params(tmp_path / "params.yaml")

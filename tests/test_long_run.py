@@ -106,3 +106,29 @@ def test_a_curve_has_flattened_when_its_last_doubling_gains_little():
     flat = pd.DataFrame({"windows": [1, 2, 4, 8], "val_cso_map": [10.0, 20.0, 40.0, 40.3]})
     assert flattened(rising) is False and flattened(flat) is True
     assert flattened(rising.iloc[:1]) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_says_the_checkpoint_is_kept_without_a_traceback(tmp_path):
+    import signal
+    import time
+
+    repository = _repository(tmp_path / "repo")
+    params = yaml.safe_load((repository / "params.yaml").read_text())
+    params["methods"]["srcnn"]["train"].update(epochs={"laptop": 50, "paper": 50}, windows_per_epoch=64)
+    (repository / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoint = repository / ".checkpoints/srcnn.seed0.pt"
+    env = {**os.environ, "PYTHONPATH": str(repository), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "--method", "srcnn", *PHYSICS, *DATASET,
+                                "--model", "models/srcnn.pt", "--history", "h.csv",
+                                "--checkpoint", ".checkpoints/srcnn.pt"],
+                               cwd=repository, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint was written"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted" in err and "resumes" in err and "Traceback" not in err, err
+    assert checkpoint.exists() and not (repository / "models/srcnn.pt").exists()

@@ -1,6 +1,8 @@
 """Tests of pipeline.metrics: hand-computed cases and a per-frame reference of the official loop."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -293,3 +295,38 @@ def test_gt_maps_reject_targets_outside_the_map():
         targets_to_hr_maps([np.array([[1.0, 1.0, 1.0]]), np.array([[-0.51, 3.0, 1.0]])], grid)
     with pytest.raises(ValueError, match=r"y=10.6"):
         targets_to_hr_maps([np.array([[1.0, 10.6, 1.0]])], grid)
+
+
+def test_matched_metrics_on_a_hand_worked_case():
+    """Frame 0: targets at (1, 1) and (1, 2); detections at (1.1, 1) (0.1 px off), (1, 2.2)
+    (0.2 px off) and a stray one at (5, 5). Frame 1: one target at (3, 3), missed.
+    TP 2, FP 1, FN 1: Jaccard 2/4, precision 2/3, recall 2/3; RMSE sqrt((0.01 + 0.04) / 2);
+    the counts agree in neither frame (3 vs 2, 0 vs 1)."""
+    from pipeline.metrics import matched_metrics
+
+    detections = [np.array([[1.1, 1.0, 9.0], [1.0, 2.2, 8.0], [5.0, 5.0, 7.0]]), EMPTY]
+    truths = [np.array([[1.0, 1.0, 230.0], [1.0, 2.0, 230.0]]), np.array([[3.0, 3.0, 230.0]])]
+    result = matched_metrics(detections, truths, radius=0.25)
+    rmse = math.sqrt((0.01 + 0.04) / 2)
+    assert result["matched"] == 2 and result["false_positives"] == 1 and result["missed"] == 1
+    assert result["jaccard"] == pytest.approx(50.0)
+    assert result["precision"] == pytest.approx(200 / 3) and result["recall"] == pytest.approx(200 / 3)
+    assert result["rmse"] == pytest.approx(rmse) and result["count_accuracy"] == 0.0
+    assert result["efficiency"] == pytest.approx(100 - math.sqrt(50.0 ** 2 + (100 * rmse) ** 2))
+
+
+def test_hungarian_matching_beats_greedy_and_respects_the_radius():
+    """Greedy nearest-first would pair the detection at 1.12 with the target at 1.2 (0.08 px) and
+    leave the target at 1.0 unmatched (0.2 + 0.12 > radius for the other detection); the optimal
+    assignment pairs both. A detection beyond the radius is never paired."""
+    from pipeline.metrics import matched_metrics
+
+    truths = [np.array([[1.0, 0.0, 1.0], [1.2, 0.0, 1.0]])]
+    found = [np.array([[1.12, 0.0, 1.0], [1.32, 0.0, 1.0]])]
+    assert matched_metrics(found, truths, radius=0.15)["matched"] == 2
+    assert matched_metrics([np.array([[1.5, 0.0, 1.0]])], [np.array([[1.0, 0.0, 1.0]])], 0.25)["matched"] == 0
+    perfect = matched_metrics([truths[0]], truths, radius=0.25)
+    assert perfect["jaccard"] == 100.0 and perfect["rmse"] == 0.0 and perfect["efficiency"] == 100.0
+    assert perfect["count_accuracy"] == 100.0
+    with pytest.raises(ValueError, match="no ground-truth target"):
+        matched_metrics([EMPTY], [EMPTY], radius=0.25)

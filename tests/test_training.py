@@ -279,3 +279,34 @@ def test_a_checkpoint_names_the_input_that_differs_and_can_be_accepted(tiny, tmp
                  TRAINER, physics, windows, _validate, checkpoint, CPU, progress=False,
                  on_step=lambda e, s: epochs.append(e), accept_inputs=True)
     assert min(epochs) == 0 and "settings differ" in capsys.readouterr().err  # settings are never accepted
+
+
+def test_max_windows_caps_every_run_to_one_short_epoch(tiny, tmp_path):
+    physics, windows = tiny
+    steps = []
+    trainer = dataclasses.replace(TRAINER, max_windows=20)
+    result = train_method(_config(epochs=5), trainer, physics, windows, _validate, tmp_path / "m.pt", CPU,
+                          progress=False, on_step=lambda e, s: steps.append((e, s)))
+    assert steps == [(0, 0), (0, 1)] and [row["windows"] for row in result.history] == [20]
+
+
+def test_validate_every_scores_only_those_epochs_and_picks_the_best_among_them(tiny, tmp_path):
+    physics, windows = tiny
+    spec = dataclasses.replace(_config(), train=dataclasses.replace(_config().train, epochs=5, validate_every=2))
+    calls = []
+
+    def validate(model):
+        calls.append(1)
+        return float(len(calls))
+
+    result = train_method(spec, TRAINER, physics, windows, validate, tmp_path / "v.pt", CPU, progress=False)
+    scores = [row["val_cso_map"] for row in result.history]
+    assert len(calls) == 3 and [math.isnan(x) for x in scores] == [True, False, True, False, False]
+
+
+def test_a_loss_checked_every_few_steps_still_stops_a_diverged_run(tiny, tmp_path):
+    physics, windows = tiny
+    trainer = dataclasses.replace(TRAINER, check_every=2)
+    bad = Windows(windows.lr * np.float32("nan"), windows.hr, windows.t, windows.f)
+    with pytest.raises(TrainingError, match="checked every 2 steps"):
+        train_method(_config(epochs=1), trainer, physics, bad, _validate, tmp_path / "n.pt", CPU, progress=False)
