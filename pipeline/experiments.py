@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from pipeline.config import ConfigError, read_params, require, resolve_profile
+from pipeline.config import PROFILES, ConfigError, read_params, require, resolve_profile
 from pipeline.io import atomic_path
 from pipeline.reports import score_cell
 
@@ -84,13 +84,22 @@ class Group:
         source = next(r for r in self.rows if r.id == row.same_as) if row.same_as else row
         return {**self.set, **source.set}
 
-    def command(self, row: Row, queue: bool = False) -> list[str]:
-        """``dvc exp run`` arguments that reproduce ``row``; with ``queue``, as a named queue entry."""
+    def command(self, row: Row, queue: bool = False, params: Mapping | None = None) -> list[str]:
+        """``dvc exp run`` arguments that reproduce ``row``; with ``queue``, as a named queue entry.
+        Given ``params`` (params.yaml as written), a plain value set on a key that holds a
+        per-profile mapping is written for both profiles (DVC cannot merge a list or a number
+        onto a mapping: "Cannot merge DictConfig with ListConfig")."""
         targets = self.targets if row.targets is None else row.targets
         command = ["dvc", "exp", "run", *(["--queue", "-n", self.experiment_name(row)] if queue else []), *targets]
         for key, value in self.overrides(row).items():
+            if params is not None and is_profile_mapping(_lookup(params, key)) and not is_profile_mapping(value):
+                value = {profile: copy.deepcopy(value) for profile in PROFILES}  # no YAML anchors
             command += ["-S", f"{key}={_flow(value)}"]
         return command
+
+
+EXP_SHOW_TIMEOUT = 300  # s: collect reports the unfinished experiments instead of waiting on a busy queue
+QUEUE_STATUS_TIMEOUT = 60
 
 
 def load_group(path: str | Path, name: str) -> Group:
@@ -153,16 +162,60 @@ def check_keys(group: Group, params: Mapping) -> None:
             require(node is not _MISSING, name, key, "is not a key of params.yaml")
 
 
+def is_profile_mapping(value: Any) -> bool:
+    """Whether ``value`` is a per-profile value ``{laptop: a, paper: b}``."""
+    return isinstance(value, Mapping) and bool(value) and set(value) == set(PROFILES)
+
+
+def _lookup(params: Mapping, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+    return node
+
+
 def _flow(value: Any) -> str:
     """A param value as ``-S`` takes it (YAML flow style: 0.01, true, null, [1, 0.01])."""
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
 
 
-def queue_commands(group: Group, skip: Sequence[str] = ()) -> list[list[str]]:
+def queue_commands(group: Group, skip: Sequence[str] = (), params: Mapping | None = None) -> list[list[str]]:
     """One ``dvc exp run --queue`` command per row, except rows reusing another's run and the
-    experiments named in ``skip``."""
-    return [group.command(row, queue=True) for row in group.rows
+    experiments named in ``skip`` (``params``: see :meth:`Group.command`)."""
+    return [group.command(row, queue=True, params=params) for row in group.rows
             if not row.same_as and group.experiment_name(row) not in skip]
+
+
+def queue_all(commands: Sequence[list[str]], run=subprocess.run) -> list[str]:
+    """Queue every command or none: when one fails, the experiments this call queued are removed
+    again (``dvc queue remove``) and the error names the row that failed. Returns the names."""
+    queued = []
+    for command in commands:
+        name = command[command.index("-n") + 1]
+        done = run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            if queued:
+                run(["dvc", "queue", "remove", *queued], capture_output=True, text=True)
+            reason = " ".join((done.stderr or done.stdout or "").split())[-300:]
+            raise ConfigError(f"queueing {name} failed ({reason}); the {len(queued)} experiments queued before it "
+                              "were removed again, so nothing of the group is queued")
+        queued.append(name)
+    return queued
+
+
+def unfinished(group: Group, run=subprocess.run) -> list[str]:
+    """The group's experiments that `dvc queue status` lists as queued or running."""
+    try:
+        done = run(["dvc", "queue", "status"], capture_output=True, text=True, timeout=QUEUE_STATUS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return []
+    names = {group.experiment_name(row) for row in group.rows}
+    waiting = []
+    for line in (done.stdout or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] in names and any(word in line for word in ("Queued", "Running")):
+            waiting.append(fields[1])
+    return sorted(set(waiting))
 
 
 def finished_experiments(exp_show: Sequence[Mapping], done: set[str] | None = None) -> dict[str, dict]:
@@ -354,11 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.action == "queue":
             record = (args.out or Path("reports/tables") / f"{group.name}.md").with_suffix(".json")
             skip = json.loads(record.read_text()) if args.missing and record.is_file() else {}
-            for command in queue_commands(group, skip=list(skip)):
-                subprocess.run(command, check=True)
+            names = queue_all(queue_commands(group, skip=list(skip), params=params))
+            print(f"queued {len(names)} experiments of {group.name}: {', '.join(names) or 'none'}; "
+                  "run them with `dvc queue start -j <workers>`")
         else:
-            shown = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
-                                   capture_output=True, text=True)
+            waiting = unfinished(group)
+            try:
+                shown = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
+                                       capture_output=True, text=True, timeout=EXP_SHOW_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise ConfigError(f"`dvc exp show` did not answer within {EXP_SHOW_TIMEOUT} s (a queue worker holds "
+                                  f"the repository?); unfinished: {', '.join(waiting) or 'none listed'}; "
+                                  "collect again when `dvc queue status` shows them done") from None
             listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], check=True,
                                     capture_output=True, text=True)
             done = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
@@ -380,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tmp.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
             with atomic_path(out) as tmp:
                 tmp.write_text(to_markdown(table, f"Experiments: {group.name}", notes))
-            print(f"{out}: {done} of {len(table)} rows")
+            print(f"{out}: {done} of {len(table)} rows"
+                  + (f"; still queued or running: {', '.join(waiting)}" if waiting else ""))
             if group.figure == "budget":
                 paper = (pd.read_csv(args.table7).set_index("method_id")["cso_map"].to_dict()
                          if args.table7.is_file() else {})

@@ -1,4 +1,4 @@
-"""Evaluation: HR maps to detections, CSO-mAP, PSNR/SSIM, GT maps (methods.md §9, DESIGN.md).
+"""Evaluation: HR maps to detections, CSO-mAP, PSNR/SSIM, GT maps (docs/methods.md §9, docs/design.md).
 
 Coordinates follow :mod:`pipeline.coords`: (x, y) in LR pixels, **x is the row**. Everything is
 vectorised over frames and detections; the official toolkit's per-image process pool is not
@@ -128,7 +128,7 @@ def _voc_area_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 def cso_map(detections: Sequence, ground_truths: Sequence, thresholds: Sequence[float],
             return_curves: bool = False) -> dict:
-    """CSO-mAP with the official toolkit's semantics (methods.md §9.2), in percent.
+    """CSO-mAP with the official toolkit's semantics (docs/methods.md §9.2), in percent.
 
     ``detections``: per frame (n, 3) arrays (x, y, score); ``ground_truths``: per frame (m, 3)
     arrays (x, y, brightness), brightness ignored; empty frames may be (0, 3) or (0,); a NaN or
@@ -275,7 +275,7 @@ def _psnr_ssim_per_frame(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def psnr_ssim(pred_maps, gt_maps) -> tuple[float, float]:
-    """Mean PSNR (dB) and mean SSIM over frames, as GROK ``Similarity`` (methods.md §9.3).
+    """Mean PSNR (dB) and mean SSIM over frames, as GROK ``Similarity`` (docs/methods.md §9.3).
 
     ``pred_maps``, ``gt_maps``: (N, S, S) or (N, S*S), numpy or torch. Per frame: if pred.max()
     <= 1 both maps are clipped to [0, 1] and scaled by 255, else clipped to [0, 255]; both are

@@ -185,7 +185,7 @@ def compute_qinit(images: np.ndarray, targets: pd.DataFrame, frame_rows: np.ndar
     images: (N, size, size) training frames; targets with ``frame_rows`` mapping each target to
     its frame's row in ``images``. ``measurements='frames'`` fits Q on the real frames (noise,
     quantisation, off-grid positions included); ``'phi_gt'`` fits it on Phi times the GT maps, as
-    the official toolkit does (methods.md 1.6).
+    the official toolkit does (docs/methods.md 1.6).
     """
     grid = Grid.from_phi(phi)
     maps = gt_matrix(targets, frame_rows, len(images), grid)

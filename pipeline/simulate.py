@@ -1,4 +1,4 @@
-"""The SeqCSIST simulator (papers/001 section III, DESIGN.md "Simulation").
+"""The SeqCSIST simulator (papers/001 section III, docs/design.md "Simulation").
 
 Per trajectory: a reference point starts at (x0, f(x0)), x0 an integer off the image border, and
 moves ``step`` px per frame along x (forwards if x0 is left of the centre, else backwards),

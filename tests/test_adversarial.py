@@ -95,7 +95,7 @@ def test_gan_parameter_counts(name, generator, discriminator, published, physics
 
 
 def test_tdan_parameter_count(physics3):
-    """584,833 (methods.md §6.1 "≈0.585 M", published 0.59 M)."""
+    """584,833 (docs/methods.md §6.1 "≈0.585 M", published 0.59 M)."""
     with torch.device("meta"):
         model = get_model("tdan", physics3)
     assert count(model) == 584_833

@@ -225,7 +225,7 @@ def test_alignment_loss_reaches_the_unfolding_stage(physics):
 
 
 def test_parameter_count_of_the_default_architecture(physics):
-    """1,482,879 = the count of the shipped code (methods.md §3.8), not the printed 0.89 M
+    """1,482,879 = the count of the shipped code (docs/methods.md §3.8), not the printed 0.89 M
     (B25): no consistent subset of the modules gives 0.89 M; without the gate 0.30 M."""
     model = get_model("derefnet", physics)
 

@@ -1,5 +1,5 @@
 """DISTA-Net (pipeline/methods/dista.py): shapes at c = 3 and 5, gradients, per-sample dynamic
-convolution versus the shipped cross-sample one (methods.md B2), parameter counts, loss."""
+convolution versus the shipped cross-sample one (docs/methods.md B2), parameter counts, loss."""
 from __future__ import annotations
 
 import csv

@@ -249,3 +249,35 @@ def test_stages_run_the_code_of_the_workspace_dvc_runs_them_in():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     commands = [(stage.get("do") or stage)["cmd"] for stage in stages.values()]
     assert commands and all(" ".join(c.split()).startswith("python -m stages.") for c in commands), commands
+
+
+def test_a_plain_value_on_a_per_profile_key_is_written_for_both_profiles(tmp_path):
+    """DVC cannot merge a list onto a {laptop, paper} mapping ("Cannot merge DictConfig with
+    ListConfig"): the tool writes such a value for both profiles."""
+    path = tmp_path / "experiments.yaml"
+    path.write_text("seeds:\n  method: srcnn\n  targets: [evaluate@srcnn]\n  rows:\n"
+                    "    - {id: s, table: VII, row: SRCNN, set: {trainer.seeds: [0, 1, 2], methods.srcnn.train.batch: 8}}\n")
+    group = load_group(path, "seeds")
+    params = {"trainer": {"seeds": {"laptop": [0], "paper": [0, 1, 2]}}, "methods": {"srcnn": {"train": {"batch": 32}}}}
+    command = group.command(group.rows[0], queue=True, params=params)
+    assert "trainer.seeds={laptop: [0, 1, 2], paper: [0, 1, 2]}" in command
+    assert "methods.srcnn.train.batch=8" in command  # a plain key stays plain
+
+
+def test_a_queue_is_all_or_nothing():
+    from pipeline.experiments import queue_all
+
+    calls = []
+
+    class Done:
+        def __init__(self, code):
+            self.returncode, self.stdout, self.stderr = code, "", "ERROR: bad -S value"
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return Done(1 if "g-b" in command else 0)
+
+    commands = [["dvc", "exp", "run", "--queue", "-n", f"g-{x}", "evaluate@srcnn"] for x in "abc"]
+    with pytest.raises(ConfigError, match="queueing g-b failed .* nothing of the group is queued"):
+        queue_all(commands, run=fake_run)
+    assert calls[-1] == ["dvc", "queue", "remove", "g-a"] and len(calls) == 3  # g-c was never queued

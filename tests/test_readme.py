@@ -72,3 +72,14 @@ def test_readme_stress_table_is_the_committed_one():
     for label, cells in generated.items():
         assert label in shown, label
         assert shown[label] == [cells[1], cells[2], cells[3], cells[4]], label
+
+
+def test_readme_converged_table_is_the_committed_one():
+    """README's first results table is the converged runs' (reports/tables/converged.md)."""
+    from pipeline.readme import CONVERGED_HEADING, converged_table, with_converged
+
+    readme = (ROOT / "README.md").read_text()
+    converged = ROOT / "reports/tables/converged.md"
+    assert converged.is_file() and CONVERGED_HEADING in readme
+    assert readme.index(CONVERGED_HEADING) < readme.index("## Results (laptop profile)")
+    assert with_converged(readme, converged_table(converged.read_text())) == readme, "run: python -m pipeline.readme"

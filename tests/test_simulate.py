@@ -10,7 +10,7 @@ from pipeline.physics import render
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate, simulate_arrays
 
-SENSOR = Sensor()  # the default 8-bit saturating sensor of DESIGN.md
+SENSOR = Sensor()  # the default 8-bit saturating sensor of docs/design.md
 
 
 def test_tables_follow_the_data_contract(small_simulate, sensor):

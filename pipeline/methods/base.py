@@ -3,7 +3,7 @@
 Shapes: ``m`` is the LR side (11), ``c`` the sub-pixel ratio (3), ``n = (c m)^2`` the number of
 HR cells (1089) and ``m^2`` the number of LR pixels (121); all derive from Phi. Every tensor is in
 raw intensity units (LR pixel values 0-255, HR brightness ~220-250): nothing is normalised
-(methods.md B14), so the detection threshold of 70 applies to method outputs as they are.
+(docs/methods.md B14), so the detection threshold of 70 applies to method outputs as they are.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class PhysicsOperator(nn.Module):
     ``phi``: (m^2, n) sampling matrix (column = LR response to a unit target at an HR cell centre).
     ``qinit``: (n, m^2) least-squares map from LR frames to HR maps. Batches are row vectors, so
     ``A(x) = x @ phi.T`` is the column-notation Phi x. ``sensor``: how the frames were recorded
-    (PSF, noise, bit depth, saturation); default the DESIGN.md sensor for Phi's frame size. Built
+    (PSF, noise, bit depth, saturation); default the docs/design.md sensor for Phi's frame size. Built
     once by the caller and handed to the models, which never read files; ``.to(dtype or device)``
     moves both buffers.
     """
@@ -186,7 +186,7 @@ class UnmixingMethod(nn.Module):
         """Element-mean squared error of ``output.hr`` against (B, c m, c m) target maps.
 
         Shapes must match exactly: a silent broadcast is how the original LISTA family ended up
-        comparing every frame with every other (methods.md B3).
+        comparing every frame with every other (docs/methods.md B3).
         """
         if output.hr.shape != target_hr.shape:
             raise ValueError(f"target_hr shape {tuple(target_hr.shape)} does not match the "

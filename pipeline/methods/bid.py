@@ -1,4 +1,4 @@
-"""BID (methods.md §7.2): the untrained fixed-PSF deconvolution baseline of the SeqCSIST toolkit."""
+"""BID (docs/methods.md §7.2): the untrained fixed-PSF deconvolution baseline of the SeqCSIST toolkit."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +13,7 @@ def gaussian_profile(size: int, sigma: float, faithful_grid: bool = False) -> to
 
     The PSF is its outer product with itself. ``faithful_grid``: the shipped grid
     linspace(-size // 2, size // 2, size), which Python's floor division makes [-2, -0.5, 1] for
-    size 3 (off-centre, methods.md B19).
+    size 3 (off-centre, docs/methods.md B19).
     """
     start = -size // 2 if faithful_grid else -(size // 2)
     grid = torch.linspace(start, size // 2, size, dtype=torch.float64)
@@ -40,7 +40,7 @@ class BID(UnmixingMethod):
     ``iterations`` times: d = psf * x - u ('same' convolution, zero border, applied as the
     separable T x T^T), x <- x - step d; a
     frame stops (and stays frozen) after the first update whose max |d| < ``tol``. Despite the
-    name nothing blind happens: the PSF is never re-estimated (as shipped, methods.md B19). The
+    name nothing blind happens: the PSF is never re-estimated (as shipped, docs/methods.md B19). The
     PSF is the shipped 3x3 Gaussian of std 0.5 *HR* px (the sensor's 0.5 LR px would be 1.5 HR px).
 
     Shipped bugs (B19), off by default: ``faithful_psf_grid`` samples the PSF off-centre;

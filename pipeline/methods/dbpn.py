@@ -1,4 +1,4 @@
-"""DBPN (methods.md §6): alternating up- and down-projection units (iterative back-projection)."""
+"""DBPN (docs/methods.md §6): alternating up- and down-projection units (iterative back-projection)."""
 from __future__ import annotations
 
 import torch

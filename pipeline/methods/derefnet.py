@@ -1,4 +1,4 @@
-"""DeRefNet (methods.md §3; SeqCSIST paper §IV): unfolded ISTA features per frame, a frame-index
+"""DeRefNet (docs/methods.md §3; SeqCSIST paper §IV): unfolded ISTA features per frame, a frame-index
 gate, temporal deformable feature alignment (TDFA) of the neighbours onto the middle frame, and a
 residual tail that fuses the aligned window into the middle frame's HR map."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def conv_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class UnfoldingFeatures(nn.Module):
-    """Stage A: ``phases`` non-residual ISTA-Net phases (methods.md §2) from the Q_init start."""
+    """Stage A: ``phases`` non-residual ISTA-Net phases (docs/methods.md §2) from the Q_init start."""
 
     def __init__(self, phases: int, channels: int, step_init: float, threshold_init: float) -> None:
         super().__init__()
@@ -136,7 +136,7 @@ class DeRefNet(UnmixingMethod):
     ``time_encoder`` False drops the gate.
 
     Parameters at c=3 (default): 1,482,879 = ISTA 171,090 + gate 1,187,010 + TDFA 30,539 + tail
-    94,240, the count of the shipped code (methods.md §3.8). The paper prints 0.89 M (B25),
+    94,240, the count of the shipped code (docs/methods.md §3.8). The paper prints 0.89 M (B25),
     which no consistent subset of the shipped modules gives; without the gate's Linear(1089,
     1089) the count is 295,869 (0.30 M). Deviation: the shipped gate encodes the frame's index
     in the 20-frame trajectory (t / 20); windows here do not carry it, so the encoding is the

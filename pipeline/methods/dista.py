@@ -1,4 +1,4 @@
-"""DISTA-Net (methods.md §4, B2): unfolded ISTA whose transform and threshold depend on the input.
+"""DISTA-Net (docs/methods.md §4, B2): unfolded ISTA whose transform and threshold depend on the input.
 
 Every phase takes the ISTA gradient step, transforms the result with a static conv branch fused
 with a dynamic one (a 3x3 kernel generated per sample from the phase input), shrinks with an

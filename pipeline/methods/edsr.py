@@ -1,4 +1,4 @@
-"""EDSR (methods.md §6): residual blocks without batch norm on the LR frame, pixel-shuffle x c."""
+"""EDSR (docs/methods.md §6): residual blocks without batch norm on the LR frame, pixel-shuffle x c."""
 from __future__ import annotations
 
 import torch

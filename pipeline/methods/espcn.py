@@ -1,4 +1,4 @@
-"""ESPCN (methods.md §6): two convolutions on the LR frame, then a sub-pixel convolution x c."""
+"""ESPCN (docs/methods.md §6): two convolutions on the LR frame, then a sub-pixel convolution x c."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""FISTA-Net (methods.md §5.4): FISTA unfolded with one shared learned proximal block.
+"""FISTA-Net (docs/methods.md §5.4): FISTA unfolded with one shared learned proximal block.
 
 Phase k (k = 0..K-1) takes a gradient step with step mu_k from the momentum point, maps it through
 a learned transform, soft-thresholds with theta_k, maps back, adds the result to the step and
@@ -89,10 +89,10 @@ class FISTANet(UnmixingMethod):
 
     Parameters: 37,607 at the defaults (6 scalars + the block's 37,601). The published 74.60 K
     (74,599) also counts the shipped block's conv2/conv3 pairs, 36,992 parameters the forward pass
-    never uses (methods.md B27); they are left out here, which changes no output.
+    never uses (docs/methods.md B27); they are left out here, which changes no output.
 
     Loss (nominal): MSE + 0.1 mean|x - X| + 0.01 sum_k mean(sym_k^2) + 0.001 sum_k mean|x_st,k|.
-    ``faithful_loss_weights`` gives the shipped effective objective (methods.md B1):
+    ``faithful_loss_weights`` gives the shipped effective objective (docs/methods.md B1):
     2 (MSE + 0.1 L1) + 1.01 sum sym^2 + 0.001 sum |x_st|.
     """
 

@@ -1,4 +1,4 @@
-"""SRGAN, ESRGAN and BSRGAN (methods.md §6, §10 B8): adversarial x c super-resolution of the
+"""SRGAN, ESRGAN and BSRGAN (docs/methods.md §6, §10 B8): adversarial x c super-resolution of the
 middle LR frame.
 
 The method is the generator; its ``discriminator`` submodule is trained by the one trainer with

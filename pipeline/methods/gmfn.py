@@ -1,4 +1,4 @@
-"""GMFN (methods.md §6): residual dense blocks unrolled over feedback steps, each step gating
+"""GMFN (docs/methods.md §6): residual dense blocks unrolled over feedback steps, each step gating
 the previous step's deep features back into the blocks' inputs."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class GMFN(LowResolutionNetwork):
     padding 2) F->F + PReLU, conv 3x3 F->1, plus the bilinear x c up-sampled LR frame.
 
     The answer is the last step; the loss is the mean of the steps' MSEs (the paper's loss on
-    every step). ``faithful_first_step`` reproduces the shipped code (methods.md B5): answer and
+    every step). ``faithful_first_step`` reproduces the shipped code (docs/methods.md B5): answer and
     loss from step 1 only, so the gate and refine convs never train (only step 1 is computed).
     Defaults F = 32, S = 128, 8 blocks x 8 layers of growth 32, 4 steps, reroute 8, refine 16
     give 2,796,518 parameters at c = 3 (published 2.80 M). Single-frame.

@@ -1,4 +1,4 @@
-"""Classic ISTA (methods.md §7.1): the untrained sparse-recovery baseline."""
+"""Classic ISTA (docs/methods.md §7.1): the untrained sparse-recovery baseline."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +15,7 @@ class ClassicISTA(UnmixingMethod):
     x_0 = pinv(Phi) y; x <- soft(x + Phi^T (y - Phi x) / L, lam / L) with L = ||Phi||_2^2, for at
     most ``iterations`` steps. A frame stops (and stays frozen) once ||x_new - x||_2 < ``tol``; it
     then returns x_new, or the previous iterate x when ``faithful_return_previous`` (as shipped,
-    methods.md B20). The result is in the module's dtype: the original ran in float64, so use
+    docs/methods.md B20). The result is in the module's dtype: the original ran in float64, so use
     ``.to(torch.float64)`` to reproduce its stopping behaviour exactly.
     """
 

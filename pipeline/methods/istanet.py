@@ -1,4 +1,4 @@
-"""ISTA-Net and ISTA-Net+ (methods.md §2, §5.1, §5.2): deep-unfolded ISTA with learned transforms.
+"""ISTA-Net and ISTA-Net+ (docs/methods.md §2, §5.1, §5.2): deep-unfolded ISTA with learned transforms.
 
 Every phase takes a gradient step on ||y - Phi x||^2 / 2 with a learned step rho, maps the result
 through a learned transform F, soft-thresholds with a learned theta and maps back with F~. The
@@ -18,7 +18,7 @@ class _UnfoldedISTA(UnmixingMethod):
     """Q_init start x_0 = Q y followed by ``phases`` phases of ``phase_type``; single-frame.
 
     Loss (nominal): MSE + sym_weight * sum_k mean(sym_k^2). ``faithful_loss_weights`` reproduces
-    the shipped objective, where mmengine also adds the two components to their sum (methods.md
+    the shipped objective, where mmengine also adds the two components to their sum (docs/methods.md
     B1): 2 MSE + (1 + sym_weight) * sum_k mean(sym_k^2), i.e. 2 MSE + 1.01 sum at the default.
     """
 
@@ -66,7 +66,7 @@ class ISTANet(_UnfoldedISTA):
     """ISTA-Net (§5.1): Q_init then non-residual §2 phases, 32 channels.
 
     ``phases`` defaults to 9: the SEQ config uses 8 (152,080 parameters), but the paper's 0.17 M
-    parameters correspond to 9 (171,090), as does the GrokCSO counterpart (methods.md B25).
+    parameters correspond to 9 (171,090), as does the GrokCSO counterpart (docs/methods.md B25).
     """
 
     family = "deep_unfolding"

@@ -1,4 +1,4 @@
-"""ISTA-Net++ (methods.md §5.3): unfolded ISTA whose step sizes come from a condition network.
+"""ISTA-Net++ (docs/methods.md §5.3): unfolded ISTA whose step sizes come from a condition network.
 
 Phase k takes a gradient step with step lambda_k, then a residual CNN (input: the step's map and
 a constant map of the phase's x_step_k) refines it. lambda_k and x_step_k come from a small MLP

@@ -1,4 +1,4 @@
-"""The learned-ISTA family (methods.md §5.5-5.8): LISTA, LIHT, LAMP and TiLISTA.
+"""The learned-ISTA family (docs/methods.md §5.5-5.8): LISTA, LIHT, LAMP and TiLISTA.
 
 All four start from x_0 = Q y and run ``layers`` untied layers, each a linear step built from the
 physics followed by a per-cell shrinkage with a learned threshold (K layers, n HR cells, m^2 LR
@@ -10,7 +10,7 @@ pixels, rows in code: ``x @ W.T`` is W x):
     TiLISTA  x <- shrink_ss(x + alpha_k W_k (y - Phi x), theta_k, p_k),  W_k = Q
 
 Loss: MSE between each output and its own target. The SEQ originals compared every output with
-every target of the batch (the unsqueezed (20, 1, n) GT, methods.md B3); ``faithful_broadcast_loss``
+every target of the batch (the unsqueezed (20, 1, n) GT, docs/methods.md B3); ``faithful_broadcast_loss``
 reproduces that all-pairs MSE, which only means what it meant there when a batch is one
 trajectory.
 """
@@ -37,7 +37,7 @@ class _LearnedISTA(UnmixingMethod):
     residual) to HR space, initialised to ``back_projection_init``; ``threshold`` (K, n), one
     value per layer and HR cell, initialised to ``threshold_init`` (a buffer when
     ``learned_threshold`` is False). Every layer gets its own copy (the originals aliased them on
-    CPU, methods.md B26).
+    CPU, docs/methods.md B26).
     """
 
     family = "deep_unfolding"
@@ -108,7 +108,7 @@ class _RecurrentLISTA(_LearnedISTA):
 
 
 def back_projection_matrix(physics: PhysicsOperator, init_from: str) -> torch.Tensor:
-    """(n, m^2) float64 start of the learned back-projections: Q (``"qinit"``, methods.md and the
+    """(n, m^2) float64 start of the learned back-projections: Q (``"qinit"``, docs/methods.md and the
     originals) or Phi^T / ||Phi||^2 (``"phi"``, the textbook ISTA step of LISTA and ALISTA)."""
     if init_from == "qinit":
         return physics.qinit.double()
@@ -131,7 +131,7 @@ def gradient_step_matrix(physics: PhysicsOperator, back_projection: torch.Tensor
 class LISTA(_RecurrentLISTA):
     """LISTA (§5.5): x <- soft(W_k x + B_k y, max(theta_k, 0)), 16 untied layers.
 
-    B_k (n, m^2) starts at Q (``init_from="qinit"``, methods.md) or Phi^T / ||Phi||^2 (``"phi"``)
+    B_k (n, m^2) starts at Q (``init_from="qinit"``, docs/methods.md) or Phi^T / ||Phi||^2 (``"phi"``)
     and W_k (n, n) at I - B_k Phi, so every layer starts as the gradient step x + B_k (y - Phi x);
     theta_k (n) starts at lam / (1.001 ||Phi||^2). 16 (n^2 + n m^2 + n) = 21,100,464 parameters at
     c = 3 (published 21.10 M).
@@ -214,9 +214,9 @@ class TiLISTA(_LearnedISTA):
     Layer k: z = x + alpha_k W_k (y - Phi x), then the support-selection shrink: the largest
     p_k = min(support_step (k + 1), support_max) % of |z| that also exceed theta_k pass unshrunk,
     the rest are soft-thresholded by theta_k (no clamp). W_k starts at Q (``init_from="qinit"``,
-    methods.md) or Phi^T / ||Phi||^2 (``"phi"``), theta_k at lam / (1.001 ||Phi||^2), alpha_k at
+    docs/methods.md) or Phi^T / ||Phi||^2 (``"phi"``), theta_k at lam / (1.001 ||Phi||^2), alpha_k at
     1. 16 (n m^2 + n + 1) = 2,125,744 parameters at c = 3; the published 2.22 M does not match
-    the code (methods.md B25). Unlike the TiLISTA of the ALISTA paper, W_k is not tied across
+    the code (docs/methods.md B25). Unlike the TiLISTA of the ALISTA paper, W_k is not tied across
     layers (the SEQ model's choice, kept for its parameter count).
     """
 

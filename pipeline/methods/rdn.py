@@ -1,4 +1,4 @@
-"""RDN (methods.md §6): residual dense blocks on the LR frame, global feature fusion, x c."""
+"""RDN (docs/methods.md §6): residual dense blocks on the LR frame, global feature fusion, x c."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""RPCANet (methods.md §5.10): robust PCA unfolded into stages that split the Q_init map D into
+"""RPCANet (docs/methods.md §5.10): robust PCA unfolded into stages that split the Q_init map D into
 a background B and the sparse targets T, then merge them back into D."""
 from __future__ import annotations
 
@@ -59,11 +59,11 @@ class RPCANet(UnmixingMethod):
     single-frame.
 
     Each stage receives the previous stage's merged D' (the published RPCANet). The shipped
-    SeqCSIST code hands every stage the original D_0 (methods.md B6): ``faithful_fixed_input``.
+    SeqCSIST code hands every stage the original D_0 (docs/methods.md B6): ``faithful_fixed_input``.
 
     Loss (nominal): alpha MSE(T, X) + 0.1 alpha MSE(D_K, D_0), alpha = 0.9 as shipped.
     ``faithful_loss_weights`` gives the shipped effective objective, where the components
-    alpha MSE_T and alpha MSE_D are added again (methods.md B1): 2 alpha MSE_T + 1.1 alpha MSE_D,
+    alpha MSE_T and alpha MSE_D are added again (docs/methods.md B1): 2 alpha MSE_T + 1.1 alpha MSE_D,
     i.e. 1.8 MSE_T + 0.99 MSE_D.
 
     Parameters: 679,896 at the defaults (6 x 113,316), the published 0.68 M.

@@ -1,4 +1,4 @@
-"""SRCNN (methods.md §6): three convolutions refining the Q_init pre-upsampled frame."""
+"""SRCNN (docs/methods.md §6): three convolutions refining the Q_init pre-upsampled frame."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,7 +16,7 @@ class SRCNN(UnmixingMethod):
 
     Convolutions have biases and 'same' padding; defaults channels (32, 16) and kernel_sizes
     (9, 5, 5) give 15,841 parameters. Single-frame. Loss MSE; ``faithful_loss_weights`` gives the
-    shipped 2 MSE (the total and its only component were both summed, methods.md B1).
+    shipped 2 MSE (the total and its only component were both summed, docs/methods.md B1).
     """
 
     family = "super_resolution"

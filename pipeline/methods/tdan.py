@@ -1,4 +1,4 @@
-"""TDAN (methods.md §6.1): deformable alignment of the 4 neighbours of a 5-frame window to its
+"""TDAN (docs/methods.md §6.1): deformable alignment of the 4 neighbours of a 5-frame window to its
 middle frame, then x c reconstruction from the 5 aligned LR frames."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""USRNet (methods.md §5.9): half-quadratic splitting unfolded into exact data steps and a
+"""USRNet (docs/methods.md §5.9): half-quadratic splitting unfolded into exact data steps and a
 shared ResUNet prior, with the splitting weights from a hyper-parameter network.
 
 The shipped model blurs with a 3x3 Gaussian of std 0.5 HR px and samples HR index c p for LR
-pixel p (methods.md B7), neither of which is this sensor. Here the degradation is the physics'
+pixel p (docs/methods.md B7), neither of which is this sensor. Here the degradation is the physics'
 Phi itself (pixel-integrated Gaussian PSF of the sensor's std, sampled at the HR cell centred on
 each LR pixel, no circular wrap at the borders), so the data step is exact for the data.
 """
@@ -97,7 +97,7 @@ class USRNet(UnmixingMethod):
     the sensor's per-pixel read noise std (additive noise and rounding) / 255 and c the grid's
     sub-pixel ratio. Output: the last z.
 
-    Deviations from the shipped model (methods.md B7): its degradation (3x3 blur of std 0.5 HR
+    Deviations from the shipped model (docs/methods.md B7): its degradation (3x3 blur of std 0.5 HR
     px, top-left sampling at HR index c p, circular boundaries) is replaced by this physics'
     Phi, and its nearest-neighbour start by Q_init, the physics' own estimate in HR brightness
     units. The noise input is the sensor's (the shipped code feeds 0). Batch size is free.

@@ -1,4 +1,4 @@
-"""Pieces of the GAN super-resolution baselines (methods.md §6): RRDB, the two discriminators,
+"""Pieces of the GAN super-resolution baselines (docs/methods.md §6): RRDB, the two discriminators,
 the VGG19 perceptual loss and the (relativistic) GAN objectives.
 
 Every map here is a (B, 1, H, W) raw-brightness image (HR side H = W = c m); nothing is

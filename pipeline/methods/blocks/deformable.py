@@ -1,5 +1,5 @@
 """Deformable convolution with learned offsets, as in mmcv's ``DeformConv2dPack`` and mmagic's
-``AugmentedDeformConv2dPack`` (methods.md §6.1, §12.5), on ``torchvision.ops.deform_conv2d``.
+``AugmentedDeformConv2dPack`` (docs/methods.md §6.1, §12.5), on ``torchvision.ops.deform_conv2d``.
 
 On CPU the same operation runs as one ``grid_sample`` of every kernel tap and a contraction
 (:func:`sampled_deform_conv2d`): torchvision's CPU backward kernel took 19 of the 21 s of a

@@ -1,4 +1,4 @@
-"""Building blocks of the super-resolution networks (methods.md §6).
+"""Building blocks of the super-resolution networks (docs/methods.md §6).
 
 Every network here maps the LR middle frame (B, 1, m, m) to an HR map (B, 1, c m, c m) with a
 learned up-sampler for the odd factor c of the physics grid: residual blocks without batch norm

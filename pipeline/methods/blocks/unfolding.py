@@ -71,7 +71,7 @@ def with_constant_channel(maps: torch.Tensor, value: torch.Tensor) -> torch.Tens
     return torch.cat([maps, constant], dim=1)
 
 
-# ISTA-Net phases (methods.md §2, §5.1, §5.2), shared by ISTA-Net, ISTA-Net+ and DeRefNet.
+# ISTA-Net phases (docs/methods.md §2, §5.1, §5.2), shared by ISTA-Net, ISTA-Net+ and DeRefNet.
 
 class PhaseBase(nn.Module):
     """Learned step rho and threshold theta plus the gradient step every phase starts with."""
