@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import pandas as pd
 from pipeline.config import ConfigError, EvaluateConfig, build_config, check_integer, load_params, require, section
 from pipeline.io import DataFileError, atomic_path, read_json, write_json
-from pipeline.zoo import add_weights, file_sha256
+from pipeline.zoo import add_weights, file_sha256, read_metafile, verified_entry
 
 RUNS = Path("runs")
 DATA = {"phi": Path("data/phi.npy"), "qinit": Path("data/qinit.npy"), "frames": Path("data/dataset/frames.parquet"),
@@ -188,8 +188,9 @@ def score(run_id: str) -> dict:
 
     params = load_params()
     run = LongRun.from_section(section(params, "long_runs"), run_id)
-    if not run.best.is_file():
-        raise DataFileError(f"{run.best}: not found; the run is unfinished "
+    weights = run.best if run.best.is_file() else _zoo_file(run_id)
+    if weights is None:
+        raise DataFileError(f"{run.best}: not found and no zoo entry of {run_id}; the run is unfinished "
                             f"(`python -m pipeline.long_run train {run_id}`)")
     spec = _spec(run, section(params, "methods"))
     trainer = _trainer(run, params)
@@ -198,12 +199,12 @@ def score(run_id: str) -> dict:
     evaluate = dataclasses.replace(EvaluateConfig.from_section(section(params, "evaluate")), window_stride=1)
     physics = _physics(params)
     device = torch.device("cpu")
-    model = load_state(build_method(spec, physics, device), spec.id, run.best, run.seed)
+    model = load_state(build_method(spec, physics, device), spec.id, weights, run.seed)
     test, truths = load_windows(DATA["frames"], DATA["targets"], DATA["split"], "test", physics, evaluate.window)
     metrics = evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch, progress=True)[0]
     metrics = {"method": spec.id, "test_windows": len(test), **metrics}
     write_json(metrics, run.test)
-    entry = zoo_entry(run, spec, metrics, pd.read_csv(run.curve))
+    entry = zoo_entry(run, spec, metrics, pd.read_csv(run.curve), weights)
     print(f"long run {run_id}: CSO-mAP {metrics['cso_map']:.2f} on {len(test):,} test windows; "
           f"zoo entry {entry['file']}; score it through the pipeline with "
           f"`dvc exp run -S methods.{spec.id}.weights={entry['file']} -S evaluate.window_stride.laptop=1`")
@@ -217,10 +218,16 @@ def _commit() -> str:
         return "unknown"
 
 
-def zoo_entry(run: LongRun, spec, metrics: Mapping, curve: pd.DataFrame) -> dict:
-    """Enter the run's best weights in the zoo with what made them and how they score."""
+def _zoo_file(run_id: str) -> Path | None:
+    """The zoo file of a scored run (a fresh clone has no runs/<id>/best.pt), None if none."""
+    entry = next((e for e in read_metafile() if e.get("id") == run_id), None)
+    return None if entry is None else Path(verified_entry(entry["file"])["file"])
+
+
+def zoo_entry(run: LongRun, spec, metrics: Mapping, curve: pd.DataFrame, weights: Path) -> dict:
+    """Enter the run's best weights (``weights``) in the zoo with what made them and how they score."""
     best = curve.loc[curve["val_cso_map"].idxmax()]
-    return add_weights(run.best, run.id, {
+    return add_weights(weights, run.id, {
         "method": spec.name,
         "architecture": dict(spec.model),
         "training": {**dataclasses.asdict(spec.train), "seed": run.seed, "threads": run.threads,
@@ -230,7 +237,7 @@ def zoo_entry(run: LongRun, spec, metrics: Mapping, curve: pd.DataFrame) -> dict
                      "wall_hours": round(float(curve["wall_seconds"].iloc[-1]) / 3600, 2),
                      "flattened": flattened(curve)},
         "data": {name: file_sha256(path) for name, path in DATA.items()},
-        "commit": _commit(),
+        "scored_at_commit": _commit(),  # the code that scored it; the training code is the one of the run's start
         "device": f"cpu ({platform.processor() or platform.machine()}, {run.threads} thread(s))",
         "test": {"windows": int(metrics["test_windows"]),
                  **{k: round(float(v), 2) for k, v in metrics.items() if k == "cso_map" or k.startswith("ap")}},
