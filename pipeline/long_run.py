@@ -40,6 +40,12 @@ CURVE_COLUMNS = ["epoch", "windows", "cpu_seconds", "wall_seconds", "lr", "train
 FLAT_GAIN = 0.5  # CSO-mAP: a curve has flattened when its last doubling of windows added less
 
 
+def _check_train(key: str, value: Any) -> Mapping:
+    """A mapping with the keys of ``methods.<id>.train`` (checked as a TrainBudget when used)."""
+    require(isinstance(value, Mapping), key, value, "a mapping like methods.<id>.train")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class LongRun:
     """One ``long_runs.<id>`` entry: the ``methods`` entry whose architecture is trained
@@ -63,7 +69,7 @@ class LongRun:
         return build_config(cls, key, {"id": run_id, **entry}, {
             "id": lambda k, v: v,
             "method": lambda k, v: v,
-            "train": lambda k, v: (require(isinstance(v, Mapping), k, v, "a mapping like methods.<id>.train"), v)[1],
+            "train": _check_train,
             "seed": lambda k, v: check_integer(k, v, 0),
             "threads": lambda k, v: check_integer(k, v, 0),
             "val_windows": lambda k, v: check_integer(k, v, 1),
@@ -263,6 +269,7 @@ def status() -> list[dict]:
 def report(tables: Path = Path("reports/tables"), figures: Path = Path("reports/figures"),
            reference: Path = Path("reference/seqcsist_table7.csv")) -> None:
     """reports/tables/converged.md and reports/figures/long_runs.png from every scored long run."""
+    from pipeline.methods import method_class
     from pipeline.reports import converged_markdown, draw_learning_curves
 
     params = load_params()
@@ -274,8 +281,6 @@ def report(tables: Path = Path("reports/tables"), figures: Path = Path("reports/
             continue
         curve = pd.read_csv(run.curve)
         spec = _spec(run, section(params, "methods"))
-        from pipeline.methods import method_class
-
         label = method_class(spec.name).label or run_id
         curves[label] = curve
         test = read_json(run.test) if run.test.is_file() else None

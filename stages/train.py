@@ -66,8 +66,8 @@ def main(args: argparse.Namespace) -> None:
 
 def install_zoo_weights(spec, model_out: Path, history_out: Path) -> None:
     """``methods.<id>.weights``: the zoo file's weights (sha256 checked against zoo/metafile.yml,
-    method and architecture against ``spec``) written as the stage's model, its training curve
-    and an empty training history (the zoo entry records how the weights were trained)."""
+    method and architecture against ``spec``) written as the stage's model, with an empty
+    training history (the zoo entry records how the weights were trained)."""
     entry = verified_entry(spec.weights)
     key = f"methods.{spec.id}.weights"
     if entry.get("method") != spec.name:
