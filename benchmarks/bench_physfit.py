@@ -31,7 +31,8 @@ import time
 import numpy as np
 import torch
 
-from pipeline.config import SimulateConfig, load_params
+from pipeline.config import load_params
+from pipeline.settings import SimulateConfig
 from pipeline.coords import Grid
 from pipeline.methods import physfit
 from pipeline.metrics import cso_map

@@ -7,7 +7,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from pipeline.config import SimulateConfig, load_params
+from pipeline.config import load_params
+from pipeline.settings import SimulateConfig
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate_arrays, to_tables
 

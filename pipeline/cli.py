@@ -1,13 +1,23 @@
 """Shared command-line plumbing for the stage scripts: one declaration of every input and output
-path argument, and one error boundary."""
+path argument, one error boundary, and one stage at a time per DVC workspace."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from pipeline.errors import ConfigError, DataFileError, TrainingError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs are not detected there
+    fcntl = None
+
+STAGE_LOCK = Path(".dvc/tmp/seqcsist-stage.lock")  # relative to the workspace DVC runs a stage in
 
 INPUTS = {
     "phi": "Phi .npy, shape (size^2, (c size)^2)",
@@ -40,16 +50,54 @@ def stage_parser(script: str, doc: str | None, inputs: Sequence[str] = (),
     return parser
 
 
+class StageBusy(RuntimeError):
+    """Another stage is running in this DVC workspace (a second ``dvc repro`` or ``dvc exp run``)."""
+
+
+@contextlib.contextmanager
+def stage_lock(prog: str, lock: Path = STAGE_LOCK) -> Iterator[None]:
+    """Hold the workspace's stage lock while a stage runs: a second ``dvc repro`` started beside a
+    running one stops at once (StageBusy naming what runs) and the first keeps its work. DVC itself
+    releases its repository lock while a stage's command runs, so without this both would run and
+    the first die at its next lock. No lock outside a DVC workspace (no ``.dvc`` folder), in the
+    non-zero ranks of a torchrun launch (rank 0 holds it) and where the OS has no ``fcntl``."""
+    if fcntl is None or not lock.parent.parent.is_dir() or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another stage"
+            raise StageBusy(f"{holder} is running in this workspace (another dvc repro or dvc exp run); it keeps "
+                            f"its work: wait for it to end or stop it, then rerun. Experiments queued with "
+                            f"`dvc exp run --queue` run in workspaces of their own") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{prog} (pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
               argv: Sequence[str] | None = None) -> None:
-    """Parse arguments and run ``main``; invalid params, bad data files, failed training and
-    rejected values exit 2 with one clear line naming the key, file or value; Ctrl-C exits 130
-    with one line saying what is kept (outputs are written atomically, training resumes from its
-    checkpoint); a failed write (disk full, permissions) names the file."""
+    """Parse arguments and run ``main`` under the workspace's stage lock; invalid params, bad data
+    files, failed training, rejected values and a stage already running here exit 2 with one clear
+    line naming the key, file, value or running stage; Ctrl-C exits 130 with one line saying what
+    is kept (outputs are written atomically, training resumes from its checkpoint); a failed write
+    (disk full, permissions) names the file."""
     args = parser.parse_args(argv)
     try:
-        main(args)
-    except (ConfigError, DataFileError, TrainingError, ValueError) as exc:
+        with stage_lock(parser.prog):
+            main(args)
+    except (ConfigError, DataFileError, TrainingError, StageBusy, ValueError) as exc:
         print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -7,8 +7,8 @@ import sys
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.settings import DEVICES
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def cuda_diagnosis() -> str:

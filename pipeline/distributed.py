@@ -1,6 +1,7 @@
 """Data-parallel training across processes with torch's own engine (DDP, started by ``torchrun``).
 
-``torchrun --nproc_per_node N stages/train.py ...`` starts N copies of a stage; each reads
+``python -m pipeline.launch --nproc_per_node N -m stages.train ...`` (torchrun, :mod:`pipeline.launch`)
+starts N copies of a stage; each reads
 ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` from the environment, :func:`start` joins them into one
 process group (NCCL on CUDA, gloo on CPU) and gives each its device. The trainer then wraps the
 model in :class:`~torch.nn.parallel.DistributedDataParallel`: every process draws the same

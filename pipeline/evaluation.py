@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from pipeline.config import EvaluateConfig
+from pipeline.settings import EvaluateConfig
 from pipeline.coords import Grid
 from pipeline.data import SplitData, Windows, scored_positions
 from pipeline.methods import UnmixingMethod
@@ -116,6 +116,17 @@ def predict(model: UnmixingMethod, lr: np.ndarray, batch: int, device: torch.dev
             detections.extend(own if own is not None else
                               hr_map_to_detections(hr, c=model.grid.c, threshold=threshold))
     return np.concatenate(maps), detections
+
+
+def validation_scorer(windows: Windows, truths: list[np.ndarray], config: EvaluateConfig, batch: int,
+                      device: torch.device):
+    """The trainer's ``validate(model) -> CSO-mAP`` on the validation windows (the protocol of
+    ``config``: brightness threshold and distance thresholds)."""
+    def validate(model: UnmixingMethod) -> float:
+        _, detections = predict(model, windows.lr, batch, device, config.brightness_threshold)
+        return cso_map(detections, truths, config.distance_thresholds)["cso_map"]
+
+    return validate
 
 
 def pr_curve_table(curves: dict, points: int) -> pd.DataFrame:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
-from pipeline.config import ConfigError, EvaluateConfig, build_config, check_integer, load_params, require, section
+from pipeline.config import ConfigError, build_config, check_choice, check_integer, load_params, require, section
+from pipeline.settings import EvaluateConfig
 from pipeline.io import DataFileError, atomic_path, read_json, write_json
 from pipeline.zoo import add_weights, file_sha256, read_metafile, verified_entry
 
@@ -37,6 +38,7 @@ RUNS = Path("runs")
 DATA = {"phi": Path("data/phi.npy"), "qinit": Path("data/qinit.npy"), "frames": Path("data/dataset/frames.parquet"),
         "targets": Path("data/dataset/targets.parquet"), "split": Path("data/split.parquet")}
 CURVE_COLUMNS = ["epoch", "windows", "cpu_seconds", "wall_seconds", "lr", "train_loss", "val_cso_map"]
+RUN_TABLES = ("converged", "ablations")
 FLAT_GAIN = 0.5  # CSO-mAP: a curve has flattened when its last doubling of windows added less
 
 
@@ -46,11 +48,20 @@ def _check_train(key: str, value: Any) -> Mapping:
     return value
 
 
+def _check_model(key: str, value: Any) -> Mapping:
+    """A mapping of ``methods.<id>.model`` keys (checked by the method's constructor when built)."""
+    require(isinstance(value, Mapping), key, value, "a mapping of keys of methods.<method>.model")
+    return dict(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class LongRun:
     """One ``long_runs.<id>`` entry: the ``methods`` entry whose architecture is trained
     (``method``, default the id), its ``train`` budget (the keys of ``methods.<id>.train``),
-    the training ``seed``, CPU ``threads`` and ``val_windows`` scored after every epoch."""
+    the training ``seed``, CPU ``threads``, ``val_windows`` scored after every epoch and
+    ``model``: keys of ``methods.<method>.model`` changed for this run (an ablation row);
+    ``table``: the report it belongs to, ``converged`` (Table VII at its plateau) or
+    ``ablations`` (the ablation budget's seeds and rows)."""
 
     id: str
     method: str
@@ -58,6 +69,8 @@ class LongRun:
     seed: int = 0
     threads: int = 1
     val_windows: int = 512
+    model: Mapping = dataclasses.field(default_factory=dict)
+    table: str = "converged"
 
     @classmethod
     def from_section(cls, runs: Mapping, run_id: str) -> "LongRun":
@@ -73,6 +86,8 @@ class LongRun:
             "seed": lambda k, v: check_integer(k, v, 0),
             "threads": lambda k, v: check_integer(k, v, 0),
             "val_windows": lambda k, v: check_integer(k, v, 1),
+            "model": _check_model,
+            "table": lambda k, v: check_choice(k, v, RUN_TABLES),
         })
 
     @property
@@ -107,16 +122,21 @@ def flattened(curve: pd.DataFrame, gain: float = FLAT_GAIN) -> bool | None:
 
 
 def _spec(run: LongRun, methods: Mapping):
-    from pipeline.runtime import TrainBudget, method_spec
+    from pipeline.runtime import method_spec
+    from pipeline.settings import TrainBudget
 
-    base = method_spec(methods, run.method)
+    require(run.method in methods, f"long_runs.{run.id}.method", run.method, "a key of params.yaml methods")
+    entry = dict(methods[run.method])
+    if run.model:  # checked by method_spec like the entry's own model keys
+        entry["model"] = {**(entry.get("model") or {}), **run.model}
+    base = method_spec({**methods, run.method: entry}, run.method)
     require(base.trainable, f"long_runs.{run.id}.method", run.method, "a trainable method of params.yaml methods")
     budget = TrainBudget.from_section(run.train, f"long_runs.{run.id}.train")
     return dataclasses.replace(base, train=budget)
 
 
 def _trainer(run: LongRun, params: Mapping):
-    from pipeline.training import TrainerConfig
+    from pipeline.settings import TrainerConfig
 
     trainer = TrainerConfig.from_section(section(params, "trainer"))
     return dataclasses.replace(trainer, seeds=(run.seed,), threads=run.threads, val_windows=run.val_windows)
@@ -140,8 +160,7 @@ def train(run_id: str, hours: float | None, accept_inputs: bool) -> bool:
     import torch
 
     from pipeline import distributed
-    from pipeline.evaluation import predict
-    from pipeline.metrics import cso_map
+    from pipeline.evaluation import validation_scorer
     from pipeline.stage_io import load_training_windows, save_model
     from pipeline.training import train_method
 
@@ -156,10 +175,7 @@ def train(run_id: str, hours: float | None, accept_inputs: bool) -> bool:
     device = torch.device("cpu")
     distributed.start(device)
 
-    def validate(model) -> float:
-        _, detections = predict(model, val.lr, trainer.eval_batch, device, evaluate.brightness_threshold)
-        return cso_map(detections, val_truths, evaluate.distance_thresholds)["cso_map"]
-
+    validate = validation_scorer(val, val_truths, evaluate, trainer.eval_batch, device)
     started = time.perf_counter()
 
     def after_epoch(history: list[dict]) -> bool:
@@ -277,7 +293,7 @@ def report(tables: Path = Path("reports/tables"), figures: Path = Path("reports/
     rows, curves = [], {}
     for run_id in section(params, "long_runs"):
         run = LongRun.from_section(section(params, "long_runs"), run_id)
-        if not run.curve.is_file():
+        if run.table != "converged" or not run.curve.is_file():
             continue
         curve = pd.read_csv(run.curve)
         spec = _spec(run, section(params, "methods"))

@@ -29,6 +29,12 @@ COMPASS_DIRECTIONS = ((-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))  # unit 
 CROSS_QUANTILE = 0.99  # the cross deviation reported is this quantile over the training groups
 
 
+PRIOR_LOWER_BOUNDS = {  # field: (lowest value, whether the bound itself is refused): what a measurement can give
+    "spread": (0.0, False), "separation": (0.0, False), "cross_deviation": (0.0, False), "psf_sigma": (0.0, True),
+    "frames": (1, False), "targets": (1, False),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ScenePriors:
     """Scene statistics of a training split. Lengths in LR px, brightness in counts.
@@ -76,6 +82,11 @@ class ScenePriors:
                 raise ConfigError(f"{source}: scene prior {field.name} = {value!r} is not a finite number")
             values[field.name] = int(value) if field.type == "int" else float(value)
         priors = cls(**values)
+        for name, (lower, strict) in PRIOR_LOWER_BOUNDS.items():
+            value = getattr(priors, name)
+            if value < lower or (strict and value == lower):
+                raise ConfigError(f"{source}: scene prior {name} = {value!r} must be {'>' if strict else '>='} {lower}; "
+                                  "rerun the priors stage (dvc repro priors)")
         if not 0 < priors.brightness_low <= priors.brightness_high:
             raise ConfigError(f"{source}: need 0 < brightness_low <= brightness_high, got "
                               f"{priors.brightness_low}, {priors.brightness_high}")

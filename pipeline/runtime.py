@@ -11,91 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from pipeline.config import (ConfigError, build_config, check_choice, check_integer, check_number,
-                             register_section_check, require)
+from pipeline.config import ConfigError, check_integer, check_number, register_section_check, require
 from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
 from pipeline.methods.registry import method_module
 from pipeline.priors import ScenePriors
+from pipeline.settings import TrainBudget
 from pipeline.stage_io import load_state
 
 PROPOSAL_PREFIX = "physfit_"  # physfit_<network>: PhysFit seeded by a trained network's HR maps
 PROPOSAL_METHOD = "physfit"
-
-
-DRAWS = ("windows", "trajectories")
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainBudget:
-    """Optimiser and budget of a trainable method (``methods.<id>.train``).
-
-    ``epochs`` passes of ``windows_per_epoch`` training windows each, drawn afresh every epoch by
-    a seeded shuffle (None = every window once per epoch); Adam with ``lr`` and
-    ``weight_decay`` on batches of ``batch`` windows (the discriminator of an adversarial method
-    uses the same settings). ``draw``: ``windows`` shuffles single windows; ``trajectories``
-    shuffles whole trajectories and keeps each one's windows consecutive, so that a batch holds
-    overlapping windows whose shared frames a multi-frame method processes once (the shipped
-    DeRefNet trains on one trajectory per batch). ``schedule``: ``constant`` keeps ``lr``;
-    ``cosine`` warms up linearly over the first ``warmup_windows`` training windows, then decays
-    by a half cosine to 0 at the end of the budget. ``grad_clip``: the largest global gradient
-    norm of a step (None = no clipping). ``validate_every``: epochs between validations (the last
-    epoch is always validated; the best weights are chosen among the validated epochs);
-    ``checkpoint_every``: epochs between resume checkpoints (the last epoch always writes one).
-    """
-
-    epochs: int
-    windows_per_epoch: int | None
-    batch: int
-    lr: float
-    weight_decay: float
-    draw: str = "windows"
-    schedule: str = "constant"
-    warmup_windows: int = 0
-    grad_clip: float | None = None
-    validate_every: int = 1
-    checkpoint_every: int = 1
-
-    @classmethod
-    def from_section(cls, given: Mapping, name: str) -> "TrainBudget":
-        return build_config(cls, name, given, {
-            "epochs": lambda k, v: check_integer(k, v, 1),
-            "windows_per_epoch": lambda k, v: None if v is None else check_integer(k, v, 1),
-            "batch": lambda k, v: check_integer(k, v, 1),
-            "lr": lambda k, v: check_number(k, v, 0.0, strict=True),
-            "weight_decay": lambda k, v: check_number(k, v, 0.0),
-            "draw": lambda k, v: check_choice(k, v, DRAWS),
-            "schedule": lambda k, v: check_choice(k, v, SCHEDULES),
-            "warmup_windows": lambda k, v: check_integer(k, v, 0),
-            "grad_clip": lambda k, v: None if v is None else check_number(k, v, 0.0, strict=True),
-            "validate_every": lambda k, v: check_integer(k, v, 1),
-            "checkpoint_every": lambda k, v: check_integer(k, v, 1),
-        })
-
-    def steps_per_epoch(self, n_windows: int) -> int:
-        """Optimiser steps in one epoch over a training set of ``n_windows`` windows."""
-        drawn = n_windows if self.windows_per_epoch is None else min(self.windows_per_epoch, n_windows)
-        return -(-drawn // self.batch)
-
-    def windows_per_run(self, n_windows: int) -> int:
-        """Training windows the whole budget draws from a training set of ``n_windows``."""
-        drawn = n_windows if self.windows_per_epoch is None else min(self.windows_per_epoch, n_windows)
-        return self.epochs * drawn
-
-    def lr_at(self, seen: int, total: int) -> float:
-        """The learning rate of a step that starts after ``seen`` of the run's ``total`` windows."""
-        if self.schedule == "constant":
-            return self.lr
-        if seen < self.warmup_windows:
-            return self.lr * (seen + 1) / self.warmup_windows
-        decay = (seen - self.warmup_windows) / max(total - self.warmup_windows, 1)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(decay, 1.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +117,10 @@ def check_profile_requirements(spec: MethodSpec, profile: str) -> None:
     must be set: a ConfigError names ``methods.<id>.model.<param>`` otherwise."""
     if profile != "paper":
         return
-    for name in method_class(spec.name).paper_requires:
+    for name, what in method_class(spec.name).paper_requires.items():
         if spec.model.get(name) is None:
             raise ConfigError(f"methods.{spec.id}.model.{name} is required in the paper profile (the published "
-                              f"numbers depend on it); for the GANs: a torchvision VGG19 ImageNet state_dict file "
-                              f"(vgg19-dcbb9e9d.pth), declared with `-S methods.{spec.id}.model.{name}=<path>`")
+                              f"numbers depend on it): {what}; declared with `-S methods.{spec.id}.model.{name}=<path>`")
 
 
 def proposal_of(method_id: str, methods: Mapping) -> str | None:

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.config import (BIT_DEPTHS, build_config, check_bool, check_choice, check_integer, check_number,
+from pipeline.config import (build_config, check_bool, check_choice, check_integer, check_number,
                              register_section_check, require)
+from pipeline.settings import BIT_DEPTHS
 
 
 @dataclasses.dataclass(frozen=True)

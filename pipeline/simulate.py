@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pipeline.config import ClutterConfig, ConfigError, SimulateConfig
-from pipeline.io import read_background_images
+from pipeline.config import ConfigError
+from pipeline.settings import ClutterConfig, SimulateConfig
+from pipeline.images import read_background_images
 from pipeline.physics import render_batch
 from pipeline.sensor import Sensor
 
@@ -38,12 +39,17 @@ CARDINAL = 4
 
 
 def _check_geometry(config: SimulateConfig, sensor: Sensor) -> None:
-    """Cross-key checks: the path must stay on the circle and inside the field of view."""
+    """Cross-key checks: the path must stay on the circle, a clutter level below full scale."""
     travel = config.step * (config.frames - 1)
     if "circle" in config.curves and config.circle_radius[0] <= 2 * travel:
         raise ConfigError(
             f"simulate.circle_radius = {list(config.circle_radius)} is invalid: the low end must exceed "
             f"2 * step * (frames - 1) = {2 * travel:g} so the path stays on the arc")
+    full_scale = sensor.full_scale
+    if config.background == "clutter" and full_scale is not None and config.clutter.level[1] >= full_scale:
+        raise ConfigError(
+            f"simulate.clutter.level = {list(config.clutter.level)} is invalid: the mean level must stay below the "
+            f"sensor's full scale {full_scale:g} (sensor.bit_depth = {sensor.bit_depth}), else the frames saturate")
 
 
 def _curve_offsets(config: SimulateConfig, rng: np.random.Generator, dx: np.ndarray,
@@ -105,13 +111,16 @@ def image_backgrounds(images: list[np.ndarray], n: int, size: int, rng: np.rando
     return out
 
 
-def backgrounds(config: SimulateConfig, n: int, size: int) -> np.ndarray | None:
-    """The per-trajectory background (n, size, size) in counts, or None for ``background: none``."""
+def backgrounds(config: SimulateConfig, n: int, sensor: Sensor) -> np.ndarray | None:
+    """The per-trajectory background (n, size, size) in counts, or None for ``background: none``;
+    the user's images must hold values the sensor can record (finite, >= 0, <= full scale)."""
     rng = np.random.default_rng([config.seed, 1])
+    size = sensor.frame_size
     if config.background == "clutter":
         return clutter_backgrounds(config.clutter, n, size, rng)
     if config.background == "images":
-        return image_backgrounds(read_background_images(config.background_dir, size), n, size, rng)
+        images = read_background_images(config.background_dir, size, sensor.full_scale)
+        return image_backgrounds(images, n, size, rng)
     return None
 
 
@@ -124,7 +133,7 @@ def simulate_arrays(config: SimulateConfig, sensor: Sensor) -> dict[str, np.ndar
     """
     _check_geometry(config, sensor)
     n, frames, k_max, size = config.trajectories, config.frames, config.k_max, sensor.frame_size
-    background = backgrounds(config, n, size)
+    background = backgrounds(config, n, sensor)
     rng = np.random.default_rng(config.seed)
     centre = (size - 1) / 2
     x0 = rng.integers(1, size - 1, n).astype(np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import SPLIT_NAMES, SplitConfig
+from pipeline.settings import SPLIT_NAMES, SplitConfig
 
 
 def assign_split(trajectories: np.ndarray, config: SplitConfig) -> pd.DataFrame:

@@ -21,71 +21,21 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline import distributed
-from pipeline.config import (ConfigError, build_config, check_bool, check_choice, check_integer,
-                             register_section_check, require)
+from pipeline.config import ConfigError
 from pipeline.data import Windows
-from pipeline.device import DEVICES
 from pipeline.errors import TrainingError
 from pipeline.io import atomic_path
 from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.runtime import MethodSpec, TrainBudget, build_method
+from pipeline.runtime import MethodSpec, build_method
+from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.stage_io import state_bytes
-
-
-MAX_SEED = 2**32  # seeds index numpy's and torch's generators; seed * 100_003 + epoch stays in 64 bits
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    """Settings shared by all methods (section ``trainer``).
-
-    ``seeds``: one training run per seed (initial weights and window draws), scored each; tables
-    give mean ± std when there are several. ``val_windows``: validation windows scored after
-    every epoch, evenly spaced over the validation split (None = all of them). ``max_windows``:
-    a cap on the training windows of every run (one epoch of at most that many; None = the
-    methods' own budgets), for smoke runs of a profile. ``check_every``: optimiser steps between
-    the non-finite-loss checks, each a host sync on a GPU (1 = every step).
-    """
-
-    device: str
-    seeds: tuple[int, ...]
-    mixed_precision: bool
-    eval_batch: int
-    threads: int
-    val_windows: int | None
-    max_windows: int | None = None
-    check_every: int = 1
-
-    @classmethod
-    def from_section(cls, given: Mapping, name: str = "trainer") -> "TrainerConfig":
-        return build_config(cls, name, given, {
-            "device": lambda k, v: check_choice(k, v, DEVICES),
-            "seeds": check_seeds,
-            "mixed_precision": check_bool,
-            "eval_batch": lambda k, v: check_integer(k, v, 1),
-            "threads": lambda k, v: check_integer(k, v, 0),
-            "val_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
-            "max_windows": lambda k, v: None if v is None else check_integer(k, v, 1),
-            "check_every": lambda k, v: check_integer(k, v, 1),
-        })
-
-
-def check_seeds(key: str, value: Any) -> tuple[int, ...]:
-    """A non-empty list of distinct integers >= 0."""
-    require(isinstance(value, (list, tuple)) and len(value) > 0, key, value,
-            "a non-empty list of distinct integers >= 0, e.g. [0] or [0, 1, 2]")
-    seeds = tuple(check_integer(f"{key}[{i}]", seed, 0) for i, seed in enumerate(value))
-    for i, seed in enumerate(seeds):
-        require(seed < MAX_SEED, f"{key}[{i}]", seed, f"a seed must be below 2**32 = {MAX_SEED}")
-    require(len(set(seeds)) == len(seeds), key, value, "the seeds must be distinct")
-    return seeds
 
 
 def seed_checkpoint(checkpoint: Path, seed: int) -> Path:
@@ -168,8 +118,8 @@ def capped(budget: TrainBudget, max_windows: int | None, n_windows: int) -> Trai
     """``budget`` limited to one epoch of at most ``max_windows`` windows (``trainer.max_windows``)."""
     if max_windows is None:
         return budget
-    drawn = n_windows if budget.windows_per_epoch is None else min(budget.windows_per_epoch, n_windows)
-    return dataclasses.replace(budget, epochs=1, windows_per_epoch=min(drawn, max_windows), validate_every=1,
+    return dataclasses.replace(budget, epochs=1, windows_per_epoch=min(budget.windows_drawn(n_windows), max_windows),
+                               validate_every=1,
                                checkpoint_every=1, warmup_windows=min(budget.warmup_windows, max_windows))
 
 
@@ -248,7 +198,7 @@ def train_method(spec: MethodSpec, trainer: TrainerConfig, physics: PhysicsOpera
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     # on a GPU the training windows live on it: a step's batch is an index, not a host copy
     lr_all, hr_all = torch.from_numpy(train.lr).to(device), torch.from_numpy(train.hr).to(device)
-    drawn = len(train) if budget.windows_per_epoch is None else min(budget.windows_per_epoch, len(train))
+    drawn = budget.windows_drawn(len(train))
     total = budget.windows_per_run(len(train))
     seen = history[-1]["windows"] if history else 0
     cpu_done, wall_done = (history[-1]["cpu_seconds"], history[-1]["wall_seconds"]) if history else (0.0, 0.0)
@@ -354,4 +304,3 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         tmp.write_bytes(state_bytes(state))
 
 
-register_section_check("trainer", lambda params: TrainerConfig.from_section(params["trainer"]))

@@ -5,7 +5,8 @@ import argparse
 
 from pipeline.bound import crb_cso_map
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import CrbConfig, EvaluateConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import CrbConfig, EvaluateConfig
 from pipeline.data import load_split, scored_positions
 from pipeline.io import write_json
 from pipeline.sensor import Sensor

@@ -10,14 +10,15 @@ import argparse
 import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import EvaluateConfig
 from pipeline.device import resolve_device
 from pipeline.evaluation import combine_seeds, evaluate_method, pack_detections
 from pipeline.io import atomic_path, write_json
 from pipeline.runtime import build_for_evaluation, model_path, trained_network
 from pipeline.sensor import Sensor
 from pipeline.stage_io import load_physics, load_priors, load_windows, saved_seeds
-from pipeline.training import TrainerConfig
+from pipeline.settings import TrainerConfig
 
 
 def main(args: argparse.Namespace) -> None:

@@ -6,7 +6,8 @@ import argparse
 
 from pipeline.cli import DATASET, run_stage, stage_parser
 from pipeline.config import load_params, section
-from pipeline.io import read_frames, read_table, read_targets, write_official_archive
+from pipeline.io import read_frames, read_table, read_targets
+from pipeline.official import write_official_archive
 from pipeline.sensor import Sensor
 
 

@@ -12,7 +12,8 @@ import argparse
 import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
-from pipeline.config import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig
 from pipeline.device import resolve_device
 from pipeline.data import SplitData, load_split, load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method
@@ -21,7 +22,7 @@ from pipeline.runtime import build_for_evaluation
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors
-from pipeline.training import TrainerConfig
+from pipeline.settings import TrainerConfig
 
 
 def noisy_test_split(sigma: float, data: DataConfig, scene: SimulateConfig, sensor: Sensor, seed: int,

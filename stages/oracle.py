@@ -2,7 +2,8 @@
 import argparse
 
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import EvaluateConfig
 from pipeline.coords import Grid
 from pipeline.data import load_split
 from pipeline.evaluation import grid_oracle

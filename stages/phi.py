@@ -2,7 +2,8 @@
 import argparse
 
 from pipeline.cli import run_stage, stage_parser
-from pipeline.config import PhiConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import PhiConfig
 from pipeline.io import save_array
 from pipeline.physics import build_phi
 from pipeline.sensor import Sensor

@@ -4,7 +4,8 @@ Written as JSON to be read beside the simulator's settings."""
 import argparse
 
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import PriorsConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import PriorsConfig
 from pipeline.data import load_split
 from pipeline.io import write_json
 from pipeline.priors import estimate_priors

@@ -2,7 +2,8 @@
 import argparse
 
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import QinitConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import QinitConfig
 from pipeline.data import load_split
 from pipeline.io import load_array, save_array
 from pipeline.qinit import compute_qinit

@@ -2,8 +2,10 @@
 import argparse
 
 from pipeline.cli import run_stage, stage_parser
-from pipeline.config import DataConfig, SimulateConfig, load_params, section
-from pipeline.io import read_official_tree, write_frames, write_table
+from pipeline.config import load_params, section
+from pipeline.settings import DataConfig, SimulateConfig
+from pipeline.io import write_frames, write_table
+from pipeline.official import read_official_tree
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 
@@ -15,7 +17,7 @@ def main(args: argparse.Namespace) -> None:
     sensor = Sensor.from_section(section(params, "sensor"))
     if data.source == "official":
         frames, targets = read_official_tree(data.official_root, config.frames, bit_depth=sensor.bit_depth,
-                                             size=sensor.frame_size, progress=True)
+                                             size=sensor.frame_size, psf_sigma=sensor.psf_sigma, progress=True)
     else:
         frames, targets = simulate(config, sensor)
     write_frames(frames, args.frames)

@@ -2,7 +2,8 @@
 import argparse
 
 from pipeline.cli import run_stage, stage_parser
-from pipeline.config import SplitConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import SplitConfig
 from pipeline.io import frame_index, write_table
 from pipeline.split import make_split
 

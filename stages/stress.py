@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import PHYSICS, run_stage, stage_parser
-from pipeline.config import PROFILES, EvaluateConfig, StressConfig, load_params, section
+from pipeline.config import PROFILES, load_params, section
+from pipeline.settings import EvaluateConfig, StressConfig
 from pipeline.device import resolve_device
 from pipeline.data import load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method, grid_oracle
@@ -24,7 +25,7 @@ from pipeline.runtime import build_for_evaluation, method_label
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors
-from pipeline.training import TrainerConfig
+from pipeline.settings import TrainerConfig
 
 PHYSFIT = "physfit"
 SCORE_KEYS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import DATASET, run_stage, stage_parser
-from pipeline.config import EvaluateConfig, NoiseSweepConfig, ReportConfig, load_params, section
+from pipeline.config import load_params, section
+from pipeline.settings import EvaluateConfig, NoiseSweepConfig, ReportConfig
 from pipeline.coords import Grid
 from pipeline.data import load_split, make_windows
 from pipeline.evaluation import unpack_detections
@@ -22,7 +23,7 @@ from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_
                               profile_label, profile_name, to_latex, to_markdown)
 from pipeline.runtime import check_proposals, evaluated_ids, method_label, method_spec
 from pipeline.sensor import Sensor
-from pipeline.training import TrainerConfig
+from pipeline.settings import TrainerConfig
 
 
 def seeds_note(seeds: tuple[int, ...]) -> str:

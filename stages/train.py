@@ -1,8 +1,9 @@
 """Stage train@<method>: fit one method, once per seed of trainer.seeds (params: methods.<method>,
 trainer, evaluate, sensor, profile).
 
-Data-parallel on several GPUs (or CPU processes, gloo): ``torchrun --nproc_per_node N
-stages/train.py <the same arguments>``; process 0 writes the outputs.
+Data-parallel on several GPUs (or CPU processes, gloo): ``python -m pipeline.launch --standalone
+--nproc_per_node N -m stages.train <the same arguments>`` (torchrun's arguments, one line when a
+process fails); process 0 writes the outputs.
 """
 import argparse
 import dataclasses
@@ -11,17 +12,18 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
-from pipeline.config import ConfigError, EvaluateConfig, load_params, section
+from pipeline.config import ConfigError, load_params, section
+from pipeline.settings import EvaluateConfig
 from pipeline.device import resolve_device
-from pipeline.evaluation import predict
+from pipeline.evaluation import validation_scorer
 from pipeline.io import atomic_path
 from pipeline import distributed
-from pipeline.metrics import cso_map
 from pipeline.runtime import check_profile_requirements, method_spec
 from pipeline.sensor import Sensor
 from pipeline.stage_io import load_physics, load_saved_model, load_training_windows, save_model
 from pipeline.zoo import verified_entry
-from pipeline.training import TrainerConfig, seed_checkpoint, train_method
+from pipeline.training import seed_checkpoint, train_method
+from pipeline.settings import TrainerConfig
 
 HISTORY_COLUMNS = ["seed", "epoch", "windows", "train_loss", "val_cso_map"]
 
@@ -44,10 +46,7 @@ def main(args: argparse.Namespace) -> None:
     if spec.trainable:  # a method with nothing to train is saved as built, without reading the data
         train, val, val_truths = load_training_windows(*dataset, physics, evaluate.window, trainer.val_windows)
 
-    def validate(model) -> float:
-        _, detections = predict(model, val.lr, trainer.eval_batch, device, evaluate.brightness_threshold)
-        return cso_map(detections, val_truths, evaluate.distance_thresholds)["cso_map"]
-
+    validate = validation_scorer(val, val_truths, evaluate, trainer.eval_batch, device) if spec.trainable else None
     states, history = {}, []
     seeds = trainer.seeds if spec.trainable else trainer.seeds[:1]
     for seed in seeds:

@@ -206,6 +206,22 @@ def test_perceptual_weights_file_loads(tmp_path, physics3):
         VGGPerceptualLoss(layer=7, weights=bare)
 
 
+@pytest.mark.parametrize("name", ["srgan", "esrgan"])
+def test_frozen_vgg_is_left_out_of_saved_weights_and_kept_when_loading(name, physics3):
+    """Checkpoints and model files hold what is trained, not the frozen 20M-parameter VGG; a
+    saved state_dict loads strictly into a freshly built model (its VGG as built)."""
+    model = smoke(name, physics3)
+    state = model.state_dict()
+    assert state and not any(key.startswith("perceptual.") for key in state)
+    fresh = smoke(name, physics3)
+    vgg = [p.clone() for p in fresh.perceptual.parameters()]
+    fresh.load_state_dict(state)  # strict
+    for key, value in state.items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    for before, after in zip(vgg, fresh.perceptual.parameters()):
+        assert torch.equal(before, after)
+
+
 # ------------------------------------------------------------------------------------- TDAN
 
 

@@ -20,10 +20,11 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.config import DataConfig, SimulateConfig, SplitConfig
-from pipeline.io import (DataFileError, load_array, load_arrays, read_frames, read_json, read_official_tree,
-                         read_targets, save_array, temporary_path, write_frames, write_json,
-                         write_official_archive, write_table)
+from pipeline.settings import DataConfig, SimulateConfig, SplitConfig
+from pipeline.images import read_background_images
+from pipeline.io import (DataFileError, load_array, load_arrays, read_frames, read_json, read_targets, save_array,
+                         temporary_path, write_frames, write_json, write_table)
+from pipeline.official import read_official_tree, write_official_archive
 from pipeline.metrics import cso_map, hr_map_to_detections, nearest_target_distance, targets_to_hr_maps
 from pipeline.coords import Grid
 from pipeline.simulate import simulate
@@ -50,6 +51,8 @@ BAD_PARAMS = [  # (stage, {dotted key: bad value}, the key the message must name
     ("simulate", {"simulate.trajectories": 0}, "simulate.trajectories"),
     ("simulate", {"simulate.brightness": [250.0, 220.0]}, "simulate.brightness"),
     ("simulate", {"simulate.curves": ["spiral"]}, "simulate.curves[0]"),
+    ("simulate", {"simulate.background": "clutter", "simulate.clutter.level": [200.0, 300.0]},
+     "simulate.clutter.level"),
     ("simulate", {"data.source": "web"}, "data.source"),
     ("simulate", {"data.source": "official", "data.official_root": "/nonexistent/seqcsist"}, "data.official_root"),
     ("phi", {"phi.c": 2}, "phi.c"),
@@ -250,7 +253,18 @@ DAMAGES = {  # name: (damage of the unpacked tree, texts the message must hold)
                                  for field in ("width", "height")],
                       ["COS5.xml", "size/width = 13", "image_5.png is 11x11"]),
     "no tree": (lambda t: shutil.rmtree(t / "track_12_20"), ["no official SeqCSIST tree"]),
+    "no object": (lambda t: _remove_objects(t / TRAIN / "annotation/COS6.xml"),
+                  ["COS6.xml", "no object", "image_6.png"]),
+    "annotation without image": (lambda t: shutil.copy(t / TRAIN / "annotation/COS0.xml",
+                                                       t / TRAIN / "annotation/COS999.xml"),
+                                 ["COS999.xml", "without its image", "image_999.png"]),
+    "other sigma": (lambda t: _replace_field(t / TRAIN / "annotation/COS2.xml", "sigma", "0.6"),
+                    ["COS2.xml", "sigma = 0.6", "sensor.psf_sigma = 0.5"]),
 }
+
+
+def _remove_objects(path: Path) -> None:
+    path.write_text(re.sub(r"<object>.*?</object>\s*", "", path.read_text(), flags=re.S))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -260,7 +274,7 @@ def test_bad_official_tree_is_named(damage, official_archive, tmp_path):
     apply, named = DAMAGES[damage]
     apply(tmp_path)
     with pytest.raises(DataFileError) as error:
-        read_official_tree(tmp_path, 20, bit_depth=8, size=11)
+        read_official_tree(tmp_path, 20, bit_depth=8, size=11, psf_sigma=0.5)
     message = str(error.value)
     assert all(text in message for text in named), message
 
@@ -272,6 +286,32 @@ def test_intact_tree_imports_and_a_16_bit_tree_needs_bit_depth_16(official_archi
     assert len(frames) == len(dataset[0])
     with pytest.raises(DataFileError, match="an 8-bit PNG, expected a 16-bit"):
         read_official_tree(tmp_path, 20, bit_depth=16)
+
+
+# ------------------------------------------------------------------ background images the sensor cannot record
+
+BAD_BACKGROUNDS = {  # name: (image array, sensor full scale, texts the message must hold)
+    "NaN": (np.where(np.eye(16, dtype=bool), np.nan, 20.0).astype(np.float32), 255.0, ["16 pixel(s)", "not finite"]),
+    "negative": (np.full((16, 16), -3.0, np.float32), 255.0, ["-3", "negative"]),
+    "16-bit under 8-bit": (np.full((16, 16), 4000, np.uint16), 255.0, ["4000", "full scale 255"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BACKGROUNDS))
+def test_background_values_the_sensor_cannot_record_are_named(name, tmp_path):
+    image, full_scale, named = BAD_BACKGROUNDS[name]
+    path = tmp_path / "bg.tif"
+    Image.fromarray(image).save(path)
+    with pytest.raises(DataFileError) as error:
+        read_background_images(tmp_path, 11, full_scale)
+    message = str(error.value)
+    assert str(path) in message and all(text in message for text in named), message
+
+
+def test_in_range_background_is_read_and_a_float_sensor_has_no_full_scale(tmp_path):
+    Image.fromarray(np.full((16, 16), 4000, np.uint16)).save(tmp_path / "bg.png")
+    (image,) = read_background_images(tmp_path, 11, None)
+    assert image.shape == (16, 16) and image.max() == 4000
 
 
 # ------------------------------------------------------------------ non-finite metric inputs
@@ -378,3 +418,43 @@ def test_killed_stage_rerun_leaves_no_leftovers_and_same_bytes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["frames.parquet", "targets.parquet"]
     for name in ("frames.parquet", "targets.parquet"):
         assert (out / name).read_bytes() == (tmp_path / "reference" / "out" / name).read_bytes()
+
+
+# ------------------------------------------------------------------ concurrent runs and failed launches
+
+def test_second_stage_in_a_workspace_stops_at_once_naming_the_running_one(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import stage_lock, run_stage
+
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    parser = argparse.ArgumentParser(prog="stages/phi.py")
+    with stage_lock("stages/train.py"):  # the first run, training
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage(lambda args: calls.append(args), parser, [])
+    assert exit_info.value.code == 2 and calls == []
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "stages/train.py (pid" in message and "is running in this workspace" in message
+    run_stage(lambda args: calls.append(args), parser, [])  # the lock is free again once the first ends
+    assert len(calls) == 1
+
+
+def test_stage_outside_a_dvc_workspace_takes_no_lock(tmp_path, monkeypatch):
+    from pipeline.cli import STAGE_LOCK, stage_lock
+
+    monkeypatch.chdir(tmp_path)
+    with stage_lock("a"), stage_lock("b"):
+        pass
+    assert not (tmp_path / STAGE_LOCK).exists()
+
+
+def test_failed_data_parallel_launch_ends_in_one_line_without_torch_traceback(tmp_path):
+    """Both processes fail (no params.yaml here): each prints its line, the launcher one more."""
+    run = subprocess.run([sys.executable, "-m", "pipeline.launch", "--standalone", "--nproc_per_node", "2",
+                          "-m", "stages.phi", "--out", "phi.npy"], cwd=tmp_path, env=_stage_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr, run.stderr
+    assert "params.yaml: parameter file not found" in run.stderr
+    assert re.search(r"pipeline\.launch: error: \d of 2 process\(es\) failed; the first was rank \d with exit code 2",
+                     run.stderr), run.stderr

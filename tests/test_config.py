@@ -3,12 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (ConfigError, DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig,
-                             ReportConfig, SimulateConfig, SplitConfig, load_params, read_params, resolve_profile)
+from pipeline.config import ConfigError, load_params, read_params, resolve_profile
+from pipeline.settings import (DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig, ReportConfig,
+                               SimulateConfig, SplitConfig)
 from pipeline.data import scored_frames
 from pipeline.runtime import check_proposals, method_spec
 from pipeline.sensor import Sensor
-from pipeline.training import TrainerConfig
+from pipeline.settings import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,8 +12,10 @@ import torch.multiprocessing as mp
 
 from physics_helpers import on_grid_windows
 from pipeline import distributed
-from pipeline.runtime import MethodSpec, TrainBudget, build_method
-from pipeline.training import TrainerConfig, train_method
+from pipeline.runtime import MethodSpec, build_method
+from pipeline.settings import TrainBudget
+from pipeline.training import train_method
+from pipeline.settings import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

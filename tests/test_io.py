@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import SplitConfig
-from pipeline.io import (DataFileError, atomic_path, frame_index, parse_annotation, read_frame_images,
-                         read_frames, read_official_tree, read_targets, write_frames,
-                         write_official_archive, write_table)
+from pipeline.settings import SplitConfig
+from pipeline.io import (DataFileError, atomic_path, frame_index, read_frame_images, read_frames, read_targets,
+                         write_frames, write_table)
+from pipeline.official import parse_annotation, read_official_tree, write_official_archive
 from pipeline.evaluation import combine_seeds
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_state, save_model, saved_seeds

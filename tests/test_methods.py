@@ -13,8 +13,10 @@ from pipeline.config import load_params
 from pipeline.data import Windows
 from pipeline.methods import (MethodOutput, PhysicsOperator, UnmixingMethod, available_models,
                               get_model, method_class, register_model)
-from pipeline.runtime import MethodSpec, TrainBudget, method_spec
-from pipeline.training import TrainerConfig, train_method
+from pipeline.runtime import MethodSpec, method_spec
+from pipeline.settings import TrainBudget
+from pipeline.training import train_method
+from pipeline.settings import TrainerConfig
 from pipeline.physics import build_phi_closed_form
 
 from physics_helpers import fitted_physics, sparse_maps

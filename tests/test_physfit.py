@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ClutterConfig
+from pipeline.settings import ClutterConfig
 from pipeline.coords import Grid
 from pipeline.methods import PhysicsOperator, get_model, physfit
 from pipeline.methods.physfit.forward_model import background_basis, motion_basis

@@ -1,7 +1,5 @@
 """End-to-end: the DVC pipeline on a fresh copy of the repository (slow; run with -m slow)."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,34 +9,20 @@ import pytest
 import yaml
 
 from pipeline.stage_io import saved_seeds
+from repo_copy import commit_copy, dvc_env, run_in, tracked_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _env(clone: Path) -> dict:
-    """The test's Python first on PATH (DVC runs `python`), importing the clone's own package."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path, "PYTHONPATH": str(clone)}
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = _env(cwd)
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+_env = dvc_env
+_run = run_in
 
 
 @pytest.fixture(scope="module")
 def fresh_clone(tmp_path_factory) -> Path:
     """The tracked files of the working tree in a new git repository, with a tiny profile."""
-    clone = tmp_path_factory.mktemp("clone")
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, clone / name)
+    clone = tracked_copy(tmp_path_factory.mktemp("clone"))
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["simulate"]["trajectories"] = 30
     params["trainer"]["val_windows"] = 64
@@ -50,11 +34,7 @@ def fresh_clone(tmp_path_factory) -> Path:
     params["stress"]["trajectories"] = 4
     params["stress"]["shifts"] = dict(list(params["stress"]["shifts"].items())[:2])
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (clone / "dvc.lock").unlink(missing_ok=True)
-    _run(["git", "init", "-q"], clone)
-    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "add", "-A"], clone)
-    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "clone"], clone)
-    return clone
+    return commit_copy(clone)
 
 
 FOUNDATION = ["phi", "simulate", "split", "export_official", "qinit", "oracle"]
@@ -179,7 +159,7 @@ def test_two_seeds_and_a_two_process_training(fresh_clone):
     arguments = command.split()[3:]  # drop "python -m stages.train"
     for flag, path in (("--model", "ddp.pt"), ("--history", "ddp.csv"), ("--checkpoint", "ddp-checkpoint.pt")):
         arguments[arguments.index(flag) + 1] = path  # beside the stage's outputs, not over them
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    _run([sys.executable, "-m", "pipeline.launch", "--standalone", "--nproc_per_node", "2",
           "-m", "stages.train", *arguments], fresh_clone)
     assert saved_seeds(fresh_clone / "ddp.pt", "srcnn") == [0, 1]  # params.yaml still holds both seeds
 

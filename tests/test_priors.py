@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError, SimulateConfig, StressConfig
+from pipeline.config import ConfigError
+from pipeline.settings import SimulateConfig, StressConfig
 from pipeline.data import load_split_tables
 from pipeline.priors import (COMPASS_DIRECTIONS, ScenePriors, best_crosses, cross_deviations, estimate_priors,
                              estimate_psf_sigma, refine_directions)
@@ -113,6 +114,9 @@ def test_priors_json_errors_name_the_file():
         ScenePriors.from_dict({**given, "k_max": "x"})
     with pytest.raises(ConfigError, match="brightness_low"):
         ScenePriors.from_dict({**given, "brightness_low": 300.0})
+    for name, bad in (("psf_sigma", -0.5), ("psf_sigma", 0.0), ("separation", -0.1), ("frames", 0)):
+        with pytest.raises(ConfigError, match=rf"reports/priors.json: scene prior {name} = .* must be"):
+            ScenePriors.from_dict({**given, name: bad}, "reports/priors.json")
 
 
 def test_stress_shifts_are_checked_simulate_variants(params):

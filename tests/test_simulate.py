@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError, SimulateConfig
+from pipeline.config import ConfigError
+from pipeline.settings import SimulateConfig
 from pipeline.io import DataFileError
 from pipeline.physics import render
 from pipeline.sensor import Sensor

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from pipeline.config import SplitConfig
+from pipeline.settings import SplitConfig
 from pipeline.physics import build_phi_closed_form
 from pipeline.qinit import compute_qinit, exact_products, gt_matrix, solve_qinit
 from pipeline.coords import Grid

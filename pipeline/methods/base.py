@@ -8,7 +8,7 @@ raw intensity units (LR pixel values 0-255, HR brightness ~220-250): nothing is 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -120,7 +120,8 @@ class UnmixingMethod(nn.Module):
     (the generator's :meth:`loss` may call ``self.discriminator``). Extra loss terms are the
     method's business: :meth:`loss` returns the total and its named components.
     ``paper_requires``: constructor params that must be set (not None) in the paper profile,
-    because the published numbers depend on them (the GANs' pretrained perceptual network).
+    because the published numbers depend on them, each with what it must hold (the GANs'
+    pretrained perceptual network).
     """
 
     trainable: bool = True
@@ -129,7 +130,7 @@ class UnmixingMethod(nn.Module):
     family: str = "other"
     label: str = ""
     smoke_params: ClassVar[dict] = {}
-    paper_requires: ClassVar[tuple[str, ...]] = ()
+    paper_requires: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, physics: PhysicsOperator) -> None:
         super().__init__()

@@ -42,7 +42,8 @@ class _AdversarialSR(UnmixingMethod):
 
     family = "super_resolution"
     relativistic: ClassVar[bool] = False
-    paper_requires = ("perceptual_weights",)  # the published rows use an ImageNet-trained VGG19
+    paper_requires = {"perceptual_weights": "a torchvision VGG19 ImageNet state_dict file (vgg19-dcbb9e9d.pth): "
+                                            "the published rows use an ImageNet-trained VGG19"}
 
     def __init__(self, physics: PhysicsOperator, discriminator: nn.Module, pixel_weight: float,
                  perceptual_weight: float, adversarial_weight: float, perceptual_layer: int,

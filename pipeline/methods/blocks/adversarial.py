@@ -183,6 +183,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _leave_out_frozen_layers(module: nn.Module, state: dict, prefix: str, metadata) -> None:
+    """state_dict hook: drop the frozen VGG's entries (``<prefix>layers.*``)."""
+    for key in [key for key in state if key.startswith(f"{prefix}layers.")]:
+        del state[key]
+
+
+def _keep_frozen_layers(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: a state_dict without the VGG (as saved) keeps the built VGG;
+    one with it (older files) loads it, and their fixed ImageNet statistics are ignored."""
+    for key, value in module.layers.state_dict(prefix=f"{prefix}layers.").items():
+        state.setdefault(key, value)
+    for name in ("mean", "std"):
+        state.pop(f"{prefix}{name}", None)
+
+
 class VGGPerceptualLoss(nn.Module):
     """L1 distance between VGG19 features of two (B, 1, H, W) raw-brightness maps (mean over
     elements), taken after ``torchvision.models.vgg19().features[layer]`` (default 34 = conv5_4
@@ -197,6 +212,9 @@ class VGGPerceptualLoss(nn.Module):
     one, the network keeps torchvision's VGG initialisation (Kaiming-normal fan-out, zero bias):
     a random-feature loss. ``source`` says which, for table headers. The VGG is frozen (its
     parameters have requires_grad False and are never optimised); 20,024,384 of them at 34.
+    Being a fixed input rather than something trained, it is left out of every state_dict
+    (checkpoints, best weights, the model file: 80 MB less each) and kept as built when a
+    state_dict without it is loaded.
     """
 
     def __init__(self, layer: int = 34, weights: str | Path | None = None, scale: float = 255.0) -> None:
@@ -228,8 +246,10 @@ class VGGPerceptualLoss(nn.Module):
         self.layers.requires_grad_(False)
         self.scale = float(scale)
         self.source = f"VGG19 weights {Path(weights).name}" if weights is not None else "untrained VGG19"
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+        self._register_state_dict_hook(_leave_out_frozen_layers)
+        self.register_load_state_dict_pre_hook(_keep_frozen_layers)
 
     @staticmethod
     def _read(path: Path, layer: int) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import torch
 
 from pipeline.methods.physfit.forward_model import model_and_jacobian
