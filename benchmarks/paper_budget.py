@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import read_params, resolve_profile
-from pipeline.runtime import method_spec
+from pipeline.method_specs import method_spec
 
 TRAIN_WINDOWS = 3_500 * 16  # 70% of the 5,000 trajectories, 16 scored windows each (frames 2..17)
 VAL_WINDOWS = 750 * 16

@@ -7,6 +7,7 @@ instead of after an hour of compute.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -22,16 +23,22 @@ PROFILES = ("laptop", "paper")  # scale profiles: a mapping with exactly these k
 
 
 
-def read_params(path: str | Path = PARAMS_FILE) -> dict:
-    """params.yaml as written, parsed the way DVC parses it (YAML 1.2: ``1e-3`` is a number)."""
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """A YAML file of the project (params.yaml, experiments.yaml, dvc.yaml) parsed the way DVC
+    parses it (YAML 1.2: ``1e-3`` is a number); a missing or unparsable file names the file."""
     path = Path(path)
     try:
         with path.open() as handle:
-            params = YAML(typ="safe", pure=True).load(handle)
+            return YAML(typ="safe", pure=True).load(handle)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: parameter file not found") from exc
+        raise ConfigError(f"{path}: {what} not found") from exc
     except YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> dict:
+    """params.yaml as written (:func:`read_yaml`), a mapping of sections."""
+    params = read_yaml(path, "parameter file")
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
@@ -185,3 +192,15 @@ def build_config(cls: type, name: str, given: Mapping, checks: Mapping[str, Call
         raise ConfigError(f"section '{name}' must be a mapping, got {given!r}")
     _check_keys(name, given, cls)
     return cls(**{key: check(f"{name}.{key}", given[key]) for key, check in checks.items() if key in given})
+
+
+def with_overrides(params: Mapping, overrides: Mapping[str, Any]) -> dict:
+    """A copy of ``params`` with dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
+    result = copy.deepcopy(dict(params))
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = result
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return result

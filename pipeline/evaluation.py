@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -184,23 +185,24 @@ def evaluate_method(model: UnmixingMethod, windows: Windows, truths: list[np.nda
     return metrics, curves, maps, detections
 
 
-SEED_AVERAGED = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25", "psnr", "ssim", "fps", "network_fps",
-                 "jaccard", "precision", "recall", "count_accuracy", "rmse", "efficiency")
+SEED_AVERAGED = ("psnr", "ssim", "fps", "network_fps", "jaccard", "precision", "recall", "count_accuracy", "rmse",
+                 "efficiency")  # besides the score keys (cso_map and the APs)
 
 
-def combine_seeds(per_seed: list[dict], seeds: list) -> dict:
+def combine_seeds(per_seed: list[dict], seeds: list, scores: Sequence[str]) -> dict:
     """The metrics of one method trained on several ``seeds`` (one dict each, from
-    :func:`evaluate_method`): the first seed's, with the mean of each score in ``SEED_AVERAGED`` (that all hold)
-    and beside it ``<score>_std`` (sample std, ddof 1), ``seeds`` (how many) and ``per_seed``
-    (seed -> its CSO-mAP and APs). One seed's metrics come back unchanged."""
+    :func:`evaluate_method`): the first seed's, with the mean of each of ``scores`` (cso_map and
+    the APs: ``EvaluateConfig.score_keys``) and of ``SEED_AVERAGED`` (those all hold) and beside it
+    ``<score>_std`` (sample std, ddof 1), ``seeds`` (how many) and ``per_seed`` (seed -> its
+    scores). One seed's metrics come back unchanged."""
     if len(per_seed) == 1:
         return dict(per_seed[0])
     combined = dict(per_seed[0])
-    for key in (key for key in SEED_AVERAGED if all(key in metrics for metrics in per_seed)):
+    for key in (key for key in (*scores, *SEED_AVERAGED) if all(key in metrics for metrics in per_seed)):
         values = np.array([metrics[key] for metrics in per_seed], dtype=np.float64)
         combined[key], combined[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
     combined["seeds"] = len(per_seed)
-    combined["per_seed"] = {str(seed): {key: metrics[key] for key in SEED_AVERAGED[:6]}
+    combined["per_seed"] = {str(seed): {key: metrics[key] for key in scores}
                             for seed, metrics in zip(seeds, per_seed)}
     return combined
 

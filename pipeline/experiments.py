@@ -15,7 +15,8 @@ ones show their baseline's metrics and are skipped) and writes the group's metri
 (``reports/metrics/<method>.json``) beside the published row. Rows not run yet show '—'. The
 collected runs are also kept in ``reports/tables/<group>.json`` (metrics, baseline commit, time):
 experiments live in the local git refs of one machine, so a later collect elsewhere keeps the
-committed rows it cannot see and replaces them only with newer runs.
+committed rows it cannot see and replaces them only with newer runs. This module is the group
+schema and the DVC adapter; the tables and figure are drawn by :mod:`pipeline.reports`.
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from pipeline.config import PROFILES, ConfigError, read_params, require, resolve_profile
+from pipeline.config import PROFILES, ConfigError, read_params, read_yaml, require, resolve_profile, with_overrides
 from pipeline.io import atomic_path
-from pipeline.reports import score_cell
+from pipeline.reports import budget_figure, experiments_markdown
+from pipeline.settings import EvaluateConfig
 
-AP_COLUMNS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
 FIGURES = ("budget",)  # a group's optional figure: CSO-mAP against training windows, one line per method
 _ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _MISSING = object()
@@ -106,8 +107,8 @@ def load_group(path: str | Path, name: str) -> Group:
     """The group ``name`` of an experiments file; a bad entry is a ConfigError naming its key."""
     path = Path(path)
     try:
-        groups = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        groups = read_yaml(path, "experiments file")
+    except OSError as error:
         raise ConfigError(f"{path}: cannot read the experiments file ({error})") from error
     if not isinstance(groups, Mapping) or name not in groups:
         raise ConfigError(f"{path}: no experiment group {name!r} (groups: "
@@ -247,12 +248,12 @@ def merge_runs(kept: Mapping[str, dict], finished: Mapping[str, dict]) -> dict[s
 
 
 def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame, metrics_dir: str,
-            params: Mapping | None = None) -> pd.DataFrame:
+            scores: Sequence[str], params: Mapping | None = None) -> pd.DataFrame:
     """One row per experiment of the group: ours beside the published CSO-mAP and APs.
 
     ``finished``: from :func:`finished_experiments` (or :func:`merge_runs`); ``published``: rows
-    with ``table``, ``row`` and the AP columns; ``metrics_dir``: where each row method's metrics
-    file lives. A metric averaged over several seeds comes with its ``<metric>_std``. With
+    with ``table``, ``row`` and the score columns; ``metrics_dir``: where each row method's metrics
+    file lives; ``scores``: cso_map and the AP keys (:func:`score_keys_of`). A metric averaged over several seeds comes with its ``<metric>_std``. With
     ``params`` (params.yaml), each row's training windows (epochs x windows per epoch, the row's
     overrides and profile applied) are added.
     """
@@ -268,10 +269,11 @@ def collect(group: Group, finished: Mapping[str, dict], published: pd.DataFrame,
                   "seeds": int(ours.get("seeds", 1 if ours else 0))}
         if params is not None:
             record["train_windows"] = training_windows(params, {**group.set, **row.set}, method)
-        for column in AP_COLUMNS:
+        for column in scores:
             record[column] = ours.get(column)
             record[f"{column}_std"] = ours.get(f"{column}_std")
-            record[f"{column}_published"] = None if reference is None else float(reference[column])
+            known = reference is not None and column in reference.index and not pd.isna(reference[column])
+            record[f"{column}_published"] = float(reference[column]) if known else None
         out.append(record)
     return pd.DataFrame(out)
 
@@ -283,67 +285,6 @@ def training_windows(params: Mapping, overrides: Mapping[str, Any], method: str)
     if not train or train.get("windows_per_epoch") is None:
         return None
     return int(train["epochs"]) * int(train["windows_per_epoch"])
-
-
-def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
-    """Markdown: ours (published) per AP column, mean ± std where several seeds ran, then the
-    commit and command that made the row; the method and training windows when the table has them."""
-    def cell(row, column) -> str:
-        spread = row.get(f"{column}_std") if row.get("seeds", 1) > 1 else None
-        return score_cell(row[column], row[f"{column}_published"], spread)
-
-    budget = "train_windows" in table.columns
-    header = ["Table", "Row", *(["Method", "Training windows"] if budget else []),
-              "CSO-mAP", "AP05", "AP10", "AP15", "AP20", "AP25", "Commit", "Command"]
-    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.iterrows():
-        windows = row.get("train_windows")
-        extra = [row["method"], "all" if windows is None or pd.isna(windows) else f"{int(windows):,}"] if budget else []
-        cells = [row["table"], row["row"], *extra, *[cell(row, c) for c in AP_COLUMNS],
-                 row.get("commit") or "—", f"`{row['command']}`"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Path, title: str = "") -> None:
-    """CSO-mAP against training windows (log scale), a line per method, each method's published
-    Table VII value dashed: ``table`` from :func:`collect` with ``params``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.0, 4.0))
-    done = table.dropna(subset=["cso_map", "train_windows"])
-    for index, (method, rows) in enumerate(done.groupby("method", sort=False)):
-        rows = rows.sort_values("train_windows")
-        color = f"C{index}"
-        spread = pd.to_numeric(rows["cso_map_std"], errors="coerce").fillna(0.0) if "cso_map_std" in rows else 0.0
-        axes.errorbar(rows["train_windows"], rows["cso_map"], yerr=spread, marker="o", color=color, label=method)
-        if method in published:
-            axes.axhline(published[method], color=color, linestyle="--", linewidth=1,
-                         label=f"{method} published (paper scale)")
-    axes.set_xscale("log")
-    axes.set_xlabel("training windows seen (epochs x windows per epoch)")
-    axes.set_ylabel("test CSO-mAP")
-    axes.set_title(title, fontsize=10)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    plt.close(figure)
-
-
-def with_overrides(params: Mapping, overrides: Mapping[str, Any]) -> dict:
-    """A copy of ``params`` with dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
-    result = copy.deepcopy(dict(params))
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = result
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return result
 
 
 def budget_note(group: Group, params: Mapping) -> str:
@@ -365,19 +306,26 @@ def budget_note(group: Group, params: Mapping) -> str:
     return "; ".join(parts) + "."
 
 
-def published_rows(ablations: Path, table7: Path) -> pd.DataFrame:
+def score_keys_of(params: Mapping) -> tuple[str, ...]:
+    """cso_map and the AP keys of params.yaml's evaluation protocol (active profile)."""
+    return EvaluateConfig.from_section(resolve_profile(params).get("evaluate", {})).score_keys
+
+
+def published_rows(ablations: Path, table7: Path, scores: Sequence[str]) -> pd.DataFrame:
     """The published rows a group can cite: the ablation tables (I-VI) and Table VII, whose rows
-    are named by the method's label (table "VII", row "SRCNN"); a missing file gives no rows."""
+    are named by the method's label (table "VII", row "SRCNN"); a missing file gives no rows, a
+    score the published tables lack is empty."""
     frames = [pd.read_csv(ablations)] if ablations.is_file() else []
     if table7.is_file():
         frames.append(pd.read_csv(table7).rename(columns={"method": "row"}).assign(table="VII"))
-    columns = ["table", "row", *AP_COLUMNS]
+    columns = ["table", "row", *scores]
+    frames = [frame.reindex(columns=columns) for frame in frames]
     return pd.concat([frame[columns] for frame in frames], ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _metrics_dir(dvc_yaml: Path) -> str:
     """``vars.paths.metrics`` of dvc.yaml: where every method's metrics JSON lives."""
-    for entry in yaml.safe_load(dvc_yaml.read_text()).get("vars", []):
+    for entry in read_yaml(dvc_yaml, "pipeline file").get("vars", []):
         if isinstance(entry, Mapping) and "metrics" in entry.get("paths", {}):
             return entry["paths"]["metrics"]
     raise ConfigError(f"{dvc_yaml}: vars.paths.metrics is missing")
@@ -423,12 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     capture_output=True, text=True)
             done = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
             metrics_dir = _metrics_dir(Path("dvc.yaml"))
-            published = published_rows(args.reference, args.table7)
+            scores = score_keys_of(params)
+            published = published_rows(args.reference, args.table7, scores)
             out = args.out or Path("reports/tables") / f"{group.name}.md"
             record = out.with_suffix(".json")
             kept = json.loads(record.read_text()) if record.is_file() else {}
             runs = merge_runs(kept, finished_experiments(json.loads(shown.stdout), done))
-            table = collect(group, runs, published, metrics_dir, params if group.figure else None)
+            table = collect(group, runs, published, metrics_dir, scores, params if group.figure else None)
             done = int(table["cso_map"].notna().sum())
             files = ", ".join(f"`{metrics_dir}/{method}.json`" for method in dict.fromkeys(table["method"]))
             notes = [budget_note(group, params),
@@ -439,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with atomic_path(record) as tmp:
                 tmp.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
             with atomic_path(out) as tmp:
-                tmp.write_text(to_markdown(table, f"Experiments: {group.name}", notes))
+                tmp.write_text(experiments_markdown(table, f"Experiments: {group.name}", notes, scores))
             print(f"{out}: {done} of {len(table)} rows"
                   + (f"; still queued or running: {', '.join(waiting)}" if waiting else ""))
             if group.figure == "budget":

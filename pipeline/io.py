@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import zipfile
@@ -149,6 +150,15 @@ def load_arrays(path: str | Path, names: tuple[str, ...] = ()) -> dict[str, np.n
     if missing:
         raise DataFileError(f"{path}: missing arrays {missing}")
     return arrays
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(data: Mapping, path: str | Path) -> None:

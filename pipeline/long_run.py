@@ -31,8 +31,8 @@ from typing import Any, Mapping
 import pandas as pd
 from pipeline.config import ConfigError, build_config, check_choice, check_integer, load_params, require, section
 from pipeline.settings import EvaluateConfig
-from pipeline.io import DataFileError, atomic_path, read_json, write_json
-from pipeline.zoo import add_weights, file_sha256, read_metafile, verified_entry
+from pipeline.io import DataFileError, atomic_path, file_sha256, read_json, write_json
+from pipeline.zoo import add_weights, read_metafile, verified_entry
 
 RUNS = Path("runs")
 DATA = {"phi": Path("data/phi.npy"), "qinit": Path("data/qinit.npy"), "frames": Path("data/dataset/frames.parquet"),
@@ -122,7 +122,7 @@ def flattened(curve: pd.DataFrame, gain: float = FLAT_GAIN) -> bool | None:
 
 
 def _spec(run: LongRun, methods: Mapping):
-    from pipeline.runtime import method_spec
+    from pipeline.method_specs import method_spec
     from pipeline.settings import TrainBudget
 
     require(run.method in methods, f"long_runs.{run.id}.method", run.method, "a key of params.yaml methods")
@@ -205,7 +205,7 @@ def score(run_id: str) -> dict:
     import torch
 
     from pipeline.evaluation import evaluate_method
-    from pipeline.runtime import build_method
+    from pipeline.method_specs import build_method
     from pipeline.stage_io import load_state, load_windows
 
     params = load_params()
@@ -221,7 +221,7 @@ def score(run_id: str) -> dict:
     evaluate = dataclasses.replace(EvaluateConfig.from_section(section(params, "evaluate")), window_stride=1)
     physics = _physics(params)
     device = torch.device("cpu")
-    model = load_state(build_method(spec, physics, device), spec.id, weights, run.seed)
+    model = load_state(build_method(spec, physics, device, weight_files=False), spec.id, weights, run.seed)
     test, truths = load_windows(DATA["frames"], DATA["targets"], DATA["split"], "test", physics, evaluate.window)
     metrics = evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch, progress=True)[0]
     metrics = {"method": spec.id, "test_windows": len(test), **metrics}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -9,7 +10,6 @@ import pandas as pd
 
 from pipeline.io import atomic_path
 
-AP_KEYS = ("ap05", "ap10", "ap15", "ap20", "ap25")
 PROFILE_NAMES = {"laptop": "laptop profile", "paper": "paper scale"}
 
 
@@ -97,13 +97,14 @@ CRB_LABEL = "Cramér-Rao bound, one frame (unbiased, no prior, perfect ranking)"
 
 
 def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, str]], published: pd.DataFrame,
-                 oracle: dict, crb: dict | None = None) -> pd.DataFrame:
+                 oracle: dict, scores: Sequence[str], crb: dict | None = None) -> pd.DataFrame:
     """One row per method, ours beside the published numbers, grouped by family in paper order.
 
     ``results``: method id -> metrics dict (evaluate stage JSON). ``labels``: method id ->
     (family, display name) for our methods. ``published``: the reference Table VII (with
     ``method_id``). Methods in either appear; a missing side shows '—'; a method scored over
-    several training seeds shows mean ± std. Params, FLOPs and FPS
+    several training seeds shows mean ± std. ``scores``: cso_map and the AP keys
+    (``EvaluateConfig.score_keys``; a key the published table lacks shows ours alone). Params, FLOPs and FPS
     carry the published figure as printed in parentheses (FPS on the paper's GPU). The bound
     rows: the grid oracle's two rankings and, given ``crb`` (the crb stage's JSON), the
     Cramér-Rao row.
@@ -123,8 +124,8 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
             "fps": _with_published(f"{ours['fps']:,.0f}" if "fps" in ours else "—", paper, "fps"),
         }
         several = ours.get("seeds", 1) > 1
-        for key in ("cso_map",) + AP_KEYS:
-            row[key] = score_cell(ours.get(key), None if paper is None else float(paper[key]),
+        for key in scores:
+            row[key] = score_cell(ours.get(key), None if paper is None or key not in paper.index else float(paper[key]),
                              ours.get(f"{key}_std") if several else None)
         row["psnr"] = f"{ours['psnr']:.2f}" if "psnr" in ours else "—"
         row["ssim"] = f"{ours['ssim']:.4f}" if "ssim" in ours else "—"
@@ -137,7 +138,7 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
         bounds.append((CRB_LABEL, crb))
     for title, bound in bounds:
         rows.append({"family": "bound", "method": title, "params": "—", "flops": "—", "fps": "—",
-                     **{k: f"{bound[k]:.2f}" for k in ("cso_map",) + AP_KEYS}, "psnr": "—", "ssim": "—",
+                     **{k: f"{bound[k]:.2f}" for k in scores}, "psnr": "—", "ssim": "—",
                      **{k: "—" for k in MATCHED_COLUMNS}})
     table = pd.DataFrame(rows)
     families = list(dict.fromkeys([*published["family"], *table["family"]]))
@@ -148,21 +149,26 @@ def build_table7(results: Mapping[str, dict], labels: Mapping[str, tuple[str, st
 
 
 MATCHED_COLUMNS = {"jaccard": 1, "rmse": 3, "count_accuracy": 1, "efficiency": 1}  # key -> decimals
-COLUMNS = {"method": "Method", "params": "Params", "flops": "FLOPs", "fps": "FPS", "cso_map": "CSO-mAP",
-           "ap05": "AP05", "ap10": "AP10", "ap15": "AP15", "ap20": "AP20", "ap25": "AP25",
-           "psnr": "PSNR", "ssim": "SSIM", "jaccard": "JI", "rmse": "RMSE (px)", "count_accuracy": "K right",
-           "efficiency": "Eff."}
+COLUMN_TITLES = {"method": "Method", "params": "Params", "flops": "FLOPs", "fps": "FPS", "cso_map": "CSO-mAP",
+                 "psnr": "PSNR", "ssim": "SSIM", "jaccard": "JI", "rmse": "RMSE (px)", "count_accuracy": "K right",
+                 "efficiency": "Eff."}  # an AP key's title is the key in capitals (ap05 -> AP05)
+
+
+def table_columns(table: pd.DataFrame) -> dict[str, str]:
+    """Column key -> title of a table of :func:`build_table7` (every column but ``family``)."""
+    return {key: COLUMN_TITLES.get(key, key.upper()) for key in table.columns if key != "family"}
 
 
 def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
     """Markdown: a title, notes, then one section row per family."""
-    header = "| " + " | ".join(COLUMNS.values()) + " |"
-    lines = [f"# {title}", "", *notes, "", header, "|" + "---|" * len(COLUMNS)]
+    columns = table_columns(table)
+    header = "| " + " | ".join(columns.values()) + " |"
+    lines = [f"# {title}", "", *notes, "", header, "|" + "---|" * len(columns)]
     for family, group in table.groupby("family", sort=False):
         lines.append(f"| **{family_title(family)}** |"
-                     + " |" * (len(COLUMNS) - 1))
+                     + " |" * (len(columns) - 1))
         for _, row in group.iterrows():
-            lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+            lines.append("| " + " | ".join(str(row[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,15 +179,16 @@ def _latex_escape(text: str) -> str:
 
 def to_latex(table: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table with one \\midrule-separated block per family."""
-    spec = "l" + "r" * (len(COLUMNS) - 1)
+    columns = table_columns(table)
+    spec = "l" + "r" * (len(columns) - 1)
     lines = ["\\begin{table*}[t]", "\\centering", f"\\caption{{{_latex_escape(caption)}}}",
              "\\resizebox{\\textwidth}{!}{%", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(COLUMNS.values()) + " \\\\"]
+             " & ".join(columns.values()) + " \\\\"]
     for family, group in table.groupby("family", sort=False):
         lines += ["\\midrule",
-                  f"\\multicolumn{{{len(COLUMNS)}}}{{l}}{{\\textit{{{_latex_escape(family_title(family))}}}}} \\\\"]
+                  f"\\multicolumn{{{len(columns)}}}{{l}}{{\\textit{{{_latex_escape(family_title(family))}}}}} \\\\"]
         for _, row in group.iterrows():
-            lines.append(" & ".join(_latex_escape(row[c]) for c in COLUMNS) + " \\\\")
+            lines.append(" & ".join(_latex_escape(row[c]) for c in columns) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table*}"]
     return "\n".join(lines) + "\n"
 
@@ -279,3 +286,103 @@ def draw_learning_curves(curves: Mapping[str, pd.DataFrame], path, published: Ma
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
+
+
+def experiments_markdown(table: pd.DataFrame, title: str, notes: Sequence[str], scores: Sequence[str]) -> str:
+    """An experiment group's table (``pipeline.experiments.collect``): ours (published) per score of
+    ``scores`` (cso_map and the APs), mean ± std where several seeds ran, then the commit and
+    command that made the row; the method and training windows when the table has them."""
+    def cell(row, column) -> str:
+        spread = row.get(f"{column}_std") if row.get("seeds", 1) > 1 else None
+        return score_cell(row[column], row[f"{column}_published"], spread)
+
+    budget = "train_windows" in table.columns
+    header = ["Table", "Row", *(["Method", "Training windows"] if budget else []),
+              *(COLUMN_TITLES.get(key, key.upper()) for key in scores), "Commit", "Command"]
+    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        windows = row.get("train_windows")
+        extra = [row["method"], "all" if windows is None or pd.isna(windows) else f"{int(windows):,}"] if budget else []
+        cells = [row["table"], row["row"], *extra, *[cell(row, c) for c in scores],
+                 row.get("commit") or "—", f"`{row['command']}`"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def budget_figure(table: pd.DataFrame, published: Mapping[str, float], path: Path, title: str = "") -> None:
+    """CSO-mAP against training windows (log scale), a line per method, each method's published
+    Table VII value dashed: ``table`` from ``pipeline.experiments.collect`` with ``params``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.0, 4.0))
+    done = table.dropna(subset=["cso_map", "train_windows"])
+    for index, (method, rows) in enumerate(done.groupby("method", sort=False)):
+        rows = rows.sort_values("train_windows")
+        color = f"C{index}"
+        spread = pd.to_numeric(rows["cso_map_std"], errors="coerce").fillna(0.0) if "cso_map_std" in rows else 0.0
+        axes.errorbar(rows["train_windows"], rows["cso_map"], yerr=spread, marker="o", color=color, label=method)
+        if method in published:
+            axes.axhline(published[method], color=color, linestyle="--", linewidth=1,
+                         label=f"{method} published (paper scale)")
+    axes.set_xscale("log")
+    axes.set_xlabel("training windows seen (epochs x windows per epoch)")
+    axes.set_ylabel("test CSO-mAP")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    plt.close(figure)
+
+
+def stress_markdown(rows: Sequence[Mapping], labels: Mapping[str, str], profile: str, stress) -> str:
+    """The stress table (stage stress): one row per shift, CSO-mAP of the grid oracle and of each method;
+    ``stress`` the StressConfig it ran with."""
+    head = ["Shift", "Windows", "Grid oracle"] + [labels[m] for m in labels] + ["PhysFit PSF σ"]
+    lines = ["# Stress: CSO-mAP on shifted scenes", "",
+             f"Profile: {profile} profile; {stress.trajectories} test trajectories simulated per shift (seed "
+             f"{stress.seed}), one window in {stress.window_stride} of each scored. The methods were trained, or "
+             "(PhysFit) given their scene priors, on the default data, and see the default sensor; the grid oracle "
+             "(ground truth on the HR grid, ranked by true brightness) is computed on each shift's own targets. "
+             "Regenerate with `dvc repro stress`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["shift"], str(row["windows"]), f"{row['grid_oracle']:.2f}"]
+        cells += [f"{row['methods'][m]['cso_map']:.2f}" for m in labels]
+        sigma = row.get("physfit_psf_sigma")
+        cells.append("" if sigma is None else f"{sigma:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_note(seeds: Sequence[int]) -> str:
+    """What a trained method's scores are: one training run, or mean ± std over several seeds."""
+    if len(seeds) == 1:
+        return (f"Trained methods: one training run each (trainer.seeds = [{seeds[0]}]); the seed-to-seed spread "
+                "is measured in README.")
+    return f"Trained methods: mean ± std (sample, ddof 1) over {len(seeds)} training runs, trainer.seeds = {list(seeds)}."
+
+
+def table7_notes(profile: str, evaluate, frames: int, devices: Sequence[str], seeds: Sequence[int],
+                 crb: Mapping) -> list[str]:
+    """The notes above Table VII: profile, scored windows (``evaluate``: the EvaluateConfig;
+    ``frames`` scored), devices, seeds, and what the bound rows are (``crb``: the crb stage's JSON)."""
+    scored = ("all" if evaluate.window_stride == 1 else
+              f"one in {evaluate.window_stride} of each trajectory, the offset rotating over the trajectories")
+    return [f"Profile: **{profile}**. Published numbers (in parentheses) are paper scale.",
+            f"Scored on the middle frames of {evaluate.window}-frame test windows ({scored}: {frames:,} frames); "
+            f"FPS = windows per second on {', '.join(devices)}; FLOPs per window (torch.utils.flop_counter); "
+            "Params = trainable parameters; the published Params/FLOPs/FPS in parentheses are as printed (FPS on the "
+            "paper's GPU).",
+            seeds_note(seeds),
+            "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
+            "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
+            "of any HR-map method.",
+            f"Cramér-Rao row: every target found at its true position plus an error drawn from the bound of an "
+            f"unbiased estimator that sees the middle frame alone (known PSF and sensor, no brightness, count or "
+            f"motion prior; clipped pixels censored), ranked perfectly; median bound {crb['median_bound_px']:.3f} px, "
+            f"{100 * crb['unlocatable_fraction']:.1f}% of targets without a finite bound (counted as missed). "
+            "Methods that use priors or several frames can pass it; see README."]

@@ -190,6 +190,11 @@ def ap_key(threshold: float) -> str:
     return f"ap{round(threshold * 100):02d}"
 
 
+def score_keys(thresholds: Sequence[float]) -> tuple[str, ...]:
+    """The score keys of a metrics JSON: ``cso_map``, then one AP key per distance threshold."""
+    return ("cso_map", *(ap_key(t) for t in thresholds))
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """CSO-mAP protocol: HR-map brightness threshold, distance thresholds (LR px), window length,
@@ -218,6 +223,11 @@ class EvaluateConfig:
         require(duplicate is None, f"{name}.distance_thresholds", list(config.distance_thresholds),
                 f"two thresholds share the AP key {duplicate} (keys are the threshold in hundredths of a px)")
         return config
+
+    @property
+    def score_keys(self) -> tuple[str, ...]:
+        """``cso_map`` and the AP keys of this protocol's distance thresholds."""
+        return score_keys(self.distance_thresholds)
 
 
 @dataclasses.dataclass(frozen=True)

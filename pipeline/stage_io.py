@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.data import Windows, load_split, make_windows
-from pipeline.io import DataFileError, atomic_path, load_array, read_json
+from pipeline.io import DataFileError, atomic_path, file_sha256, load_array, read_json
 from pipeline.methods import PhysicsOperator, UnmixingMethod
 from pipeline.priors import ScenePriors
 from pipeline.sensor import Sensor
@@ -86,6 +86,26 @@ def load_state(model: UnmixingMethod, method: str, path: str | Path, seed: int |
         raise DataFileError(f"{path}: not a readable checkpoint of {method} "
                             f"({' '.join(str(exc).split())[:200]})") from exc
     return model
+
+
+def load_weights_file(path: str | Path, sha256: str, key: str) -> dict[str, torch.Tensor]:
+    """A torch state_dict file declared in params.yaml as ``key`` (a path) with its sha256 (the
+    file's identity, so DVC re-runs the stage when it changes): the tensors, or a DataFileError
+    naming the file when it is missing, differs from the declared sha256 or is no state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found ({key})")
+    found = file_sha256(path)
+    if found != sha256:
+        raise DataFileError(f"{path}: its sha256 is {found}, but params.yaml declares {sha256} ({key}'s sha256); "
+                            "set the declared sha256 to the file's if the file is the one you mean")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DataFileError(f"{path}: not a readable torch state_dict ({' '.join(str(exc).split())[:200]})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataFileError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    return state
 
 
 def load_saved_model(path: str | Path, method: str) -> dict:

@@ -33,7 +33,7 @@ from pipeline.data import Windows
 from pipeline.errors import TrainingError
 from pipeline.io import atomic_path
 from pipeline.methods import MethodOutput, PhysicsOperator, UnmixingMethod
-from pipeline.runtime import MethodSpec, build_method
+from pipeline.method_specs import MethodSpec, build_method
 from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.stage_io import state_bytes
 

@@ -4,27 +4,17 @@ device, test scores, sha256 of the file). A zoo file has the format of ``models/
 content-addressed name, ``<run id>-<sha256[:8]>.pt``, so new weights never reuse an old name."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Mapping
 
 import yaml
 
 from pipeline.config import require
-from pipeline.io import DataFileError, atomic_path
+from pipeline.io import DataFileError, atomic_path, file_sha256
 
 ZOO = Path("zoo")
 METAFILE = ZOO / "metafile.yml"
 HEADER = "# The model zoo: weights of converged long runs (python -m pipeline.long_run score <id>).\n"
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_metafile(path: Path = METAFILE) -> list[dict]:

@@ -11,14 +11,13 @@ import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import load_params, section
-from pipeline.settings import EvaluateConfig
+from pipeline.settings import EvaluateConfig, TrainerConfig
 from pipeline.device import resolve_device
 from pipeline.evaluation import combine_seeds, evaluate_method, pack_detections
 from pipeline.io import atomic_path, write_json
-from pipeline.runtime import build_for_evaluation, model_path, trained_network
+from pipeline.method_specs import build_for_evaluation, model_path, trained_network
 from pipeline.sensor import Sensor
 from pipeline.stage_io import load_physics, load_priors, load_windows, saved_seeds
-from pipeline.settings import TrainerConfig
 
 
 def main(args: argparse.Namespace) -> None:
@@ -37,7 +36,7 @@ def main(args: argparse.Namespace) -> None:
     for seed in seeds:
         model = build_for_evaluation(args.method, methods, physics, args.models, device, seed, priors)
         scored.append(evaluate_method(model, test, truths, evaluate, device, trainer.eval_batch, progress=True))
-    metrics = combine_seeds([result[0] for result in scored], seeds)
+    metrics = combine_seeds([result[0] for result in scored], seeds, evaluate.score_keys)
     _, curves, maps, detections = scored[0]
     write_json({"method": args.method, **metrics}, args.metrics)
     with atomic_path(args.curves) as tmp:

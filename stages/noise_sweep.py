@@ -13,16 +13,15 @@ import numpy as np
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import load_params, section
-from pipeline.settings import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig
+from pipeline.settings import DataConfig, EvaluateConfig, NoiseSweepConfig, SimulateConfig, TrainerConfig
 from pipeline.device import resolve_device
 from pipeline.data import SplitData, load_split, load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method
 from pipeline.io import read_table, write_json
-from pipeline.runtime import build_for_evaluation
+from pipeline.method_specs import build_for_evaluation
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors
-from pipeline.settings import TrainerConfig
 
 
 def noisy_test_split(sigma: float, data: DataConfig, scene: SimulateConfig, sensor: Sensor, seed: int,

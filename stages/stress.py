@@ -16,38 +16,18 @@ import pandas as pd
 
 from pipeline.cli import PHYSICS, run_stage, stage_parser
 from pipeline.config import PROFILES, load_params, section
-from pipeline.settings import EvaluateConfig, StressConfig
+from pipeline.settings import EvaluateConfig, StressConfig, TrainerConfig
 from pipeline.device import resolve_device
 from pipeline.data import load_split_tables, make_windows
 from pipeline.evaluation import evaluate_method, grid_oracle
 from pipeline.io import atomic_path, write_json
-from pipeline.runtime import build_for_evaluation, method_label
+from pipeline.method_specs import build_for_evaluation, method_label
+from pipeline.reports import stress_markdown
 from pipeline.sensor import Sensor
 from pipeline.simulate import simulate
 from pipeline.stage_io import load_physics, load_priors
-from pipeline.settings import TrainerConfig
 
 PHYSFIT = "physfit"
-SCORE_KEYS = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
-
-
-def stress_table(rows: list[dict], labels: dict[str, str], profile: str, stress: StressConfig) -> str:
-    """Markdown: one row per shift, CSO-mAP of the grid oracle and of each method."""
-    head = ["Shift", "Windows", "Grid oracle"] + [labels[m] for m in labels] + ["PhysFit PSF σ"]
-    lines = ["# Stress: CSO-mAP on shifted scenes", "",
-             f"Profile: {profile} profile; {stress.trajectories} test trajectories simulated per shift (seed "
-             f"{stress.seed}), one window in {stress.window_stride} of each scored. The methods were trained, or "
-             "(PhysFit) given their scene priors, on the default data, and see the default sensor; the grid oracle "
-             "(ground truth on the HR grid, ranked by true brightness) is computed on each shift's own targets. "
-             "Regenerate with `dvc repro stress`.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["shift"], str(row["windows"]), f"{row['grid_oracle']:.2f}"]
-        cells += [f"{row['methods'][m]['cso_map']:.2f}" for m in labels]
-        sigma = row.get("physfit_psf_sigma")
-        cells.append("" if sigma is None else f"{sigma:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main(args: argparse.Namespace) -> None:
@@ -75,7 +55,7 @@ def main(args: argparse.Namespace) -> None:
         for method_id in (PHYSFIT, stress.network):
             model = build_for_evaluation(method_id, methods, physics, args.models, device, priors=priors)
             metrics = evaluate_method(model, windows, truths, evaluate, device, trainer.eval_batch)[0]
-            row["methods"][method_id] = {key: metrics[key] for key in SCORE_KEYS}
+            row["methods"][method_id] = {key: metrics[key] for key in evaluate.score_keys}
             if getattr(model, "calibrated_sigma", None) is not None:
                 row["physfit_psf_sigma"] = model.calibrated_sigma
         rows.append(row)
@@ -83,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     write_json({"trajectories": stress.trajectories, "window_stride": stress.window_stride, "seed": stress.seed,
                 "rows": rows}, args.out)
     with atomic_path(args.table) as tmp:
-        tmp.write_text(stress_table(rows, labels, params.get("profile", PROFILES[0]), stress))
+        tmp.write_text(stress_markdown(rows, labels, params.get("profile", PROFILES[0]), stress))
 
 
 if __name__ == "__main__":

@@ -13,25 +13,16 @@ import pandas as pd
 
 from pipeline.cli import DATASET, run_stage, stage_parser
 from pipeline.config import load_params, section
-from pipeline.settings import EvaluateConfig, NoiseSweepConfig, ReportConfig
+from pipeline.settings import EvaluateConfig, NoiseSweepConfig, ReportConfig, TrainerConfig
 from pipeline.coords import Grid
 from pipeline.data import load_split, make_windows
 from pipeline.evaluation import unpack_detections
 from pipeline.io import DataFileError, atomic_path, load_array, load_arrays, read_json
 from pipeline.methods import method_class
 from pipeline.reports import (build_table7, draw_windows, figure_windows, noise_sweep_markdown, perceptual_note,
-                              profile_label, profile_name, to_latex, to_markdown)
-from pipeline.runtime import check_proposals, evaluated_ids, method_label, method_spec
+                              profile_label, profile_name, table7_notes, to_latex, to_markdown)
+from pipeline.method_specs import check_proposals, evaluated_ids, method_label, method_spec
 from pipeline.sensor import Sensor
-from pipeline.settings import TrainerConfig
-
-
-def seeds_note(seeds: tuple[int, ...]) -> str:
-    """What a trained method's scores are: one training run, or mean ± std over several seeds."""
-    if len(seeds) == 1:
-        return (f"Trained methods: one training run each (trainer.seeds = [{seeds[0]}]); the seed-to-seed spread "
-                "is measured in README.")
-    return f"Trained methods: mean ± std (sample, ddof 1) over {len(seeds)} training runs, trainer.seeds = {list(seeds)}."
 
 
 def main(args: argparse.Namespace) -> None:
@@ -47,23 +38,10 @@ def main(args: argparse.Namespace) -> None:
     labels = {m: method_label(m, methods) for m in evaluated}
     devices = sorted({r["device"] for r in results.values()})
     crb = read_json(args.crb)
-    table = build_table7(results, labels, pd.read_csv(args.reference), read_json(args.oracle), crb)
+    table = build_table7(results, labels, pd.read_csv(args.reference), read_json(args.oracle), evaluate.score_keys, crb)
     title = "Table VII: CSO-mAP on the SeqCSIST test split, ours (published)"
-    notes = [f"Profile: **{profile}**. Published numbers (in parentheses) are paper scale.",
-             f"Scored on the middle frames of {evaluate.window}-frame test windows "
-             f"({'all' if evaluate.window_stride == 1 else f'one in {evaluate.window_stride} of each trajectory, the offset rotating over the trajectories'}: "
-             f"{results[evaluated[0]]['frames']:,} frames); FPS = windows per second on {', '.join(devices)}; "
-             "FLOPs per window (torch.utils.flop_counter); Params = trainable parameters; the published "
-             "Params/FLOPs/FPS in parentheses are as printed (FPS on the paper's GPU).",
-             seeds_note(TrainerConfig.from_section(section(params, "trainer")).seeds),
-             "Grid-oracle rows: the ground truth snapped to the HR grid. Ranked by its true brightness it is a "
-             "reference a network can pass by ranking its cells better; with perfect ranking it is the ceiling "
-             "of any HR-map method.",
-             f"Cramér-Rao row: every target found at its true position plus an error drawn from the bound of an "
-             f"unbiased estimator that sees the middle frame alone (known PSF and sensor, no brightness, count or "
-             f"motion prior; clipped pixels censored), ranked perfectly; median bound {crb['median_bound_px']:.3f} px, "
-             f"{100 * crb['unlocatable_fraction']:.1f}% of targets without a finite bound (counted as missed). "
-             "Methods that use priors or several frames can pass it; see README."]
+    seeds = TrainerConfig.from_section(section(params, "trainer")).seeds
+    notes = table7_notes(profile, evaluate, results[evaluated[0]]["frames"], devices, seeds, crb)
     perceptual = perceptual_note({labels[s.id][1]: s.model.get("perceptual_weights") for s in specs
                                   if s.id in labels and "perceptual_weights" in signature(method_class(s.name)).parameters})
     if perceptual:

@@ -13,17 +13,16 @@ import pandas as pd
 
 from pipeline.cli import DATASET, PHYSICS, run_stage, stage_parser
 from pipeline.config import ConfigError, load_params, section
-from pipeline.settings import EvaluateConfig
+from pipeline.settings import EvaluateConfig, TrainerConfig
 from pipeline.device import resolve_device
 from pipeline.evaluation import validation_scorer
 from pipeline.io import atomic_path
 from pipeline import distributed
-from pipeline.runtime import check_profile_requirements, method_spec
+from pipeline.method_specs import check_profile_requirements, method_spec
 from pipeline.sensor import Sensor
 from pipeline.stage_io import load_physics, load_saved_model, load_training_windows, save_model
 from pipeline.zoo import verified_entry
 from pipeline.training import seed_checkpoint, train_method
-from pipeline.settings import TrainerConfig
 
 HISTORY_COLUMNS = ["seed", "epoch", "windows", "train_loss", "val_cso_map"]
 

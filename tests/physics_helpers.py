@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pipeline.coords import Grid
 from pipeline.data import Windows
@@ -48,3 +49,28 @@ def on_grid_windows(count: int = 48, seed: int = 0) -> tuple[PhysicsOperator, Wi
     qinit = np.linalg.lstsq(z.T @ z + 1e-3 * np.eye(z.shape[1]), z.T @ maps, rcond=None)[0].T
     windows = Windows(np.repeat(frames[:, None], 5, axis=1), hr, np.arange(count), np.full(count, 2))
     return PhysicsOperator(build_phi_closed_form(), qinit), windows
+
+
+def random_windows(batch: int, seed: int = 0, frames: int = 5, scale: float = 255.0) -> torch.Tensor:
+    """(batch, frames, m, m) uniform random raw LR windows in [0, scale) counts (shape and gradient tests)."""
+    return torch.rand(batch, frames, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def random_target_maps(physics: PhysicsOperator, batch: int, seed: int = 0, targets: int = 3,
+                       brightness: float = 235.0) -> torch.Tensor:
+    """(batch, c m, c m) maps with ``targets`` cells of ``brightness`` (the same cells in every map)."""
+    side = physics.grid.hr_size
+    maps = torch.zeros(batch, side * side)
+    maps[:, torch.randperm(side * side, generator=torch.Generator().manual_seed(seed))[:targets]] = brightness
+    return maps.reshape(batch, side, side)
+
+
+def rendered_windows(physics: PhysicsOperator, count: int, seed: int = 1, frames: int = 5,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` windows (count, frames, m, m) of one frame Phi x repeated (computed in float64),
+    and their (count, c m, c m) target maps x (:func:`sparse_maps`: 2-4 targets of 220-250)."""
+    grid = physics.grid
+    x = sparse_maps(grid, np.random.default_rng(seed), count)
+    lr = torch.as_tensor(x @ physics.phi.double().numpy().T, dtype=dtype)
+    lr = lr.reshape(count, 1, grid.size, grid.size).repeat(1, frames, 1, 1)
+    return lr, torch.as_tensor(x, dtype=dtype).reshape(count, grid.hr_size, grid.hr_size)

@@ -11,20 +11,16 @@ from pipeline.methods import MethodOutput, PhysicsOperator, get_model, method_cl
 from pipeline.methods.blocks.adversarial import (UNetDiscriminator, VGGPerceptualLoss,
                                                  VGGStyleDiscriminator, relativistic_generator_loss)
 from pipeline.methods.blocks.deformable import DeformableConv, sampled_deform_conv2d
+from physics_helpers import random_windows
 
 SIZE, SIGMA = 11, 0.5
+TRAIN = {"epochs": 1, "windows_per_epoch": 8, "batch": 4, "lr": 1.0e-4, "weight_decay": 0.0}
 GANS = ("srgan", "esrgan", "bsrgan")
 ALL = (*GANS, "tdan")
 
 
 def smoke(name: str, physics: PhysicsOperator, **changes):
     return get_model(name, physics, **{**method_class(name).smoke_params, **changes})
-
-
-def windows(batch: int, seed: int = 0, frames: int = 5) -> torch.Tensor:
-    """(batch, frames, m, m) random raw LR windows."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, frames, SIZE, SIZE, generator=generator) * 255
 
 
 def targets(physics: PhysicsOperator, batch: int, seed: int = 0) -> torch.Tensor:
@@ -45,7 +41,7 @@ def test_output_shapes_at_c3_and_c5(name, physics):
     model = smoke(name, physics)
     side = physics.grid.hr_size
     with torch.no_grad():
-        output = model(windows(2))
+        output = model(random_windows(2))
     assert output.hr.shape == (2, side, side)
     assert torch.isfinite(output.hr).all()
     total, parts = model.loss(output, targets(physics, 2))
@@ -123,7 +119,7 @@ def test_generator_parameters_exclude_discriminator_and_vgg(name, physics3):
 def test_generator_loss_leaves_the_discriminator_alone(name, physics3):
     """The generator step backpropagates through D without D weight gradients; flags restored."""
     model = smoke(name, physics3)
-    total, parts = model.loss(model(windows(4)), targets(physics3, 4))
+    total, parts = model.loss(model(random_windows(4)), targets(physics3, 4))
     total.backward()
     assert all(p.grad is None for p in model.discriminator.parameters())
     assert all(p.grad is None for p in model.perceptual.parameters())
@@ -140,7 +136,7 @@ def test_discriminator_loss_finite_and_decreasing(name, physics3):
     model = smoke(name, physics3)
     target = targets(physics3, 8)
     with torch.no_grad():
-        output = model(windows(8))
+        output = model(random_windows(8))
     optimiser = torch.optim.Adam(model.discriminator.parameters(), lr=1e-3)
     losses = []
     for _ in range(10):
@@ -179,31 +175,57 @@ def test_perceptual_features_of_a_raw_map():
         VGGPerceptualLoss(layer=37)
 
 
-def test_perceptual_weights_file_loads(tmp_path, physics3):
-    """A torchvision-style VGG19 state_dict (features.* plus a classifier) loads into the
-    truncated network; so does one of the truncated layers alone; a missing file raises."""
-    torch.manual_seed(2)
-    donor = VGGPerceptualLoss(layer=4)
-    state = {f"features.{key}": torch.randn_like(value) for key, value in donor.layers.state_dict().items()}
+def _vgg_state(layer: int = 4, seed: int = 2) -> dict:
+    """A torchvision-style VGG19 state_dict (features.* plus a classifier), random values."""
+    torch.manual_seed(seed)
+    donor = VGGPerceptualLoss(layer=layer)
+    state = {f"features.{key}": torch.randn(value.shape) for key, value in donor.layers.state_dict().items()}
     state["classifier.0.weight"] = torch.randn(3, 3)
-    path = tmp_path / "vgg19.pth"
-    torch.save(state, path)
-    loaded = VGGPerceptualLoss(layer=2, weights=path)
+    return state
+
+
+def test_perceptual_weights_load_into_the_truncated_network(physics3):
+    """A torchvision-style VGG19 state_dict loads into the truncated network; so does one of the
+    truncated layers alone; one that lacks a layer raises."""
+    state = _vgg_state()
+    loaded = VGGPerceptualLoss(layer=2, weights=state)
     for key in ("0.weight", "0.bias", "2.weight", "2.bias"):
         torch.testing.assert_close(loaded.layers.state_dict()[key], state[f"features.{key}"])
-    assert "vgg19.pth" in loaded.source
+    assert loaded.source == "pretrained VGG19 weights"
     assert not any(p.requires_grad for p in loaded.parameters())
-    bare = tmp_path / "layers.pth"
-    torch.save(loaded.layers.state_dict(), bare)
+    bare = loaded.layers.state_dict()
     torch.testing.assert_close(VGGPerceptualLoss(layer=2, weights=bare).layers[2].weight, loaded.layers[2].weight)
-    model = smoke("srgan", physics3, perceptual_weights=str(path))
+    model = smoke("srgan", physics3, perceptual_weights=state)
     torch.testing.assert_close(model.perceptual.layers[0].weight, state["features.0.weight"])
-    assert "vgg19.pth" in model.perceptual_source
+    assert model.perceptual_source == "pretrained VGG19 weights"
     assert smoke("esrgan", physics3).perceptual_source == "untrained VGG19"
-    with pytest.raises(FileNotFoundError):
-        VGGPerceptualLoss(layer=2, weights=tmp_path / "missing.pth")
     with pytest.raises(RuntimeError, match="Missing"):
         VGGPerceptualLoss(layer=7, weights=bare)
+
+
+def test_perceptual_weights_file_is_a_declared_input_read_by_the_stage(tmp_path, physics3):
+    """params.yaml names the file and its sha256; build_method reads it (the method gets tensors),
+    evaluation leaves it out; a missing sha256, a changed file or a missing file is named."""
+    from pipeline.config import ConfigError
+    from pipeline.io import DataFileError, file_sha256
+    from pipeline.method_specs import build_method, method_spec
+
+    path = tmp_path / "vgg19.pth"
+    torch.save(_vgg_state(), path)
+    model = {**method_class("srgan").smoke_params, "perceptual_weights": str(path)}
+    with pytest.raises(ConfigError, match="methods.srgan.model.perceptual_sha256 = None is invalid: the sha256"):
+        method_spec({"srgan": {"module": "gan.py", "model": model, "train": TRAIN}}, "srgan")
+    entry = {"module": "gan.py", "model": {**model, "perceptual_sha256": file_sha256(path)}, "train": TRAIN}
+    spec = method_spec({"srgan": entry}, "srgan")
+    built = build_method(spec, physics3)
+    torch.testing.assert_close(built.perceptual.layers[0].weight, _vgg_state()["features.0.weight"])
+    assert build_method(spec, physics3, weight_files=False).perceptual_source == "untrained VGG19"
+    torch.save(_vgg_state(seed=3), path)  # the file changed under its declared sha256
+    with pytest.raises(DataFileError, match="vgg19.pth: its sha256 is .* but params.yaml declares"):
+        build_method(spec, physics3)
+    path.unlink()
+    with pytest.raises(DataFileError, match=r"vgg19.pth: file not found \(methods.srgan.model.perceptual_weights\)"):
+        build_method(spec, physics3)
 
 
 @pytest.mark.parametrize("name", ["srgan", "esrgan"])
@@ -270,14 +292,14 @@ def test_tdan_uses_every_frame_and_outputs_the_middle(physics3):
         for layer in model.modules():  # non-zero offsets, so that alignment actually deforms
             if isinstance(layer, DeformableConv):
                 layer.offset.weight.normal_(0, 0.01)
-        lr = windows(2, seed=6)
+        lr = random_windows(2, seed=6)
         output = model(lr)
         torch.testing.assert_close(output.extras["aligned"][:, 2], lr[:, 2])
         for frame in range(5):
             changed = lr.clone()
             changed[:, frame] = torch.rand_like(changed[:, frame]) * 255
             assert not torch.allclose(model(changed).hr, output.hr), f"frame {frame} ignored"
-        wide = torch.cat([windows(2, seed=7)[:, :1], lr, windows(2, seed=8)[:, :1]], dim=1)
+        wide = torch.cat([random_windows(2, seed=7)[:, :1], lr, random_windows(2, seed=8)[:, :1]], dim=1)
         torch.testing.assert_close(model(wide).hr, output.hr)
         with pytest.raises(ValueError, match="odd"):
             model(lr[:, :3])

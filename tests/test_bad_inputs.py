@@ -114,7 +114,7 @@ def test_constructor_errors_name_the_model_key():
     from pipeline.config import ConfigError
     from pipeline.methods import PhysicsOperator
     from pipeline.physics import build_phi_closed_form
-    from pipeline.runtime import build_method, method_spec
+    from pipeline.method_specs import build_method, method_spec
 
     entry = {"module": "srcnn.py", "model": {"channels": [32, 16, 8]},
              "train": {"epochs": 1, "windows_per_epoch": 32, "batch": 32, "lr": 1e-3, "weight_decay": 0.0}}

@@ -5,11 +5,10 @@ import yaml
 
 from pipeline.config import ConfigError, load_params, read_params, resolve_profile
 from pipeline.settings import (DataConfig, EvaluateConfig, NoiseSweepConfig, PhiConfig, QinitConfig, ReportConfig,
-                               SimulateConfig, SplitConfig)
+                               SimulateConfig, SplitConfig, TrainerConfig)
 from pipeline.data import scored_frames
-from pipeline.runtime import check_proposals, method_spec
+from pipeline.method_specs import check_proposals, method_spec
 from pipeline.sensor import Sensor
-from pipeline.settings import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +164,7 @@ def test_no_param_key_is_one_that_dvcs_run_cache_ignores():
                                          ("trainer.val_windows", {"laptop": 512, "paper": 0}),
                                          ("methods.srcnn.train.lr", {"laptop": 1.0e-3, "paper": -1.0})])
 def test_a_bad_value_under_the_inactive_profile_stops_now(tmp_path, dotted, bad):
-    import pipeline.runtime  # noqa: F401  (registers the trainer and methods checks, as a stage's imports do)
+    import pipeline.method_specs  # noqa: F401  (registers the trainer and methods checks, as a stage's imports do)
 
     params = read_params(ROOT / "params.yaml")
     *parents, last = dotted.split(".")

@@ -11,10 +11,9 @@ from physics_helpers import on_grid_windows
 from pipeline.evaluation import network_fps
 from pipeline.methods import get_model
 from pipeline.methods.blocks.deformable import sampled_deform_conv2d
-from pipeline.runtime import MethodSpec
-from pipeline.settings import TrainBudget
+from pipeline.method_specs import MethodSpec
+from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.training import train_method
-from pipeline.settings import TrainerConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no usable CUDA device")
 CUDA = torch.device("cuda")

@@ -12,6 +12,7 @@ from pipeline.methods.blocks.alignment import (FlowAlignment, SelectiveAttention
                                                frame_index_encoding, warp)
 from pipeline.methods.derefnet import SHIPPED_WINDOWS_PER_BATCH
 from pipeline.physics import build_phi_closed_form
+from physics_helpers import random_target_maps, random_windows
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 SMOKE = method_class("derefnet").smoke_params
@@ -36,15 +37,8 @@ def physics() -> PhysicsOperator:
     return make_physics(3)
 
 
-def windows_and_targets(physics: PhysicsOperator, batch: int, seed: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, 5, m, m) random LR windows (0-255) and (batch, c m, c m) sparse target maps."""
-    generator = torch.Generator().manual_seed(seed)
-    side = physics.grid.hr_size
-    lr = torch.rand(batch, WINDOW, SIZE, SIZE, generator=generator) * 255
-    target = torch.zeros(batch, side * side)
-    target[:, torch.randperm(side * side, generator=generator)[:3]] = 235.0
-    return lr, target.reshape(batch, side, side)
+def _windows_and_targets(physics: PhysicsOperator, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return random_windows(batch, seed), random_target_maps(physics, batch, seed)
 
 
 # ------------------------------------------------------------------------------- shapes
@@ -55,7 +49,7 @@ def test_default_architecture_output_shapes(c):
     physics = make_physics(c)
     torch.manual_seed(0)
     model = get_model("derefnet", physics)
-    lr, _ = windows_and_targets(physics, 2)
+    lr, _ = _windows_and_targets(physics, 2)
     output = model(lr)
     side = physics.grid.hr_size
     assert output.hr.shape == (2, side, side) and torch.isfinite(output.hr).all()
@@ -78,7 +72,7 @@ def test_class_attributes():
 def test_windows_are_independent_and_neighbours_matter(physics):
     torch.manual_seed(1)
     model = get_model("derefnet", physics, **SMOKE)
-    lr, _ = windows_and_targets(physics, 3)
+    lr, _ = _windows_and_targets(physics, 3)
     with torch.no_grad():
         batched = model(lr).hr
         for index in range(3):
@@ -92,7 +86,7 @@ def test_windows_are_independent_and_neighbours_matter(physics):
 def test_longer_windows_use_the_middle_five_frames(physics):
     torch.manual_seed(2)
     model = get_model("derefnet", physics, **SMOKE)
-    lr, _ = windows_and_targets(physics, 2)
+    lr, _ = _windows_and_targets(physics, 2)
     padded = torch.cat([torch.zeros(2, 1, SIZE, SIZE), lr, torch.zeros(2, 1, SIZE, SIZE)], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(padded).hr, model(lr).hr)
@@ -111,7 +105,7 @@ def test_every_parameter_receives_a_gradient(physics):
     Adam step later every parameter has a non-zero gradient."""
     torch.manual_seed(3)
     model = get_model("derefnet", physics)
-    lr, target = windows_and_targets(physics, 2)
+    lr, target = _windows_and_targets(physics, 2)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.loss(model(lr), target)[0].backward()
     first = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -140,7 +134,7 @@ def test_every_parameter_receives_a_gradient(physics):
 def test_ablation_switches_train_one_step(physics, switch):
     torch.manual_seed(4)
     model = get_model("derefnet", physics, **SMOKE, **switch)
-    lr, target = windows_and_targets(physics, 4)
+    lr, target = _windows_and_targets(physics, 4)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     output = model(lr)
@@ -214,7 +208,7 @@ def test_alignment_loss_reaches_the_unfolding_stage(physics):
     """The alignment target (the middle frame's un-gated ISTA output) is not detached (B9)."""
     torch.manual_seed(6)
     model = get_model("derefnet", physics, **SMOKE, regression_weight=0.0, constraint_weight=0.0)
-    lr, target = windows_and_targets(physics, 2)
+    lr, target = _windows_and_targets(physics, 2)
     output = model(lr)
     assert output.extras["reference"].requires_grad
     model.loss(output, target)[0].backward()
@@ -288,7 +282,7 @@ def test_shared_frames_are_unfolded_once(physics):
     model = get_model("derefnet", physics, **SMOKE)
     sequence = torch.rand(9, SIZE, SIZE) * 255
     lr = torch.stack([sequence[start:start + WINDOW] for start in range(5)])
-    _, target = windows_and_targets(physics, 5)
+    _, target = _windows_and_targets(physics, 5)
     seen = []
     handle = model.features.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     output = model(lr)

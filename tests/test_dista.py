@@ -14,23 +14,13 @@ from pipeline.coords import Grid
 from pipeline.methods import MethodOutput, PhysicsOperator, get_model
 from pipeline.physics import build_phi_closed_form
 
-from physics_helpers import fitted_physics, sparse_maps
+from physics_helpers import fitted_physics, rendered_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 SMALL = {"phases": 2, "channels": 4, "kernel_hidden": 8}
 HR = Grid(SIZE, 3).hr_size  # 33: the c = 3 tests
 GENERATOR = ("kernel_hidden.weight", "kernel_hidden.bias", "kernel_out.weight", "kernel_out.bias")
-
-
-def windows(physics: PhysicsOperator, count: int, seed: int,
-            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` windows (count, 5, m, m) rendered as Phi X, and their (count, c m, c m) targets."""
-    grid = physics.grid
-    x = sparse_maps(grid, np.random.default_rng(seed), count)
-    lr = torch.as_tensor(x @ physics.phi.double().numpy().T, dtype=dtype)
-    lr = lr.reshape(count, 1, SIZE, SIZE).repeat(1, WINDOW, 1, 1)
-    return lr, torch.as_tensor(x, dtype=dtype).reshape(count, grid.hr_size, grid.hr_size)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,7 @@ def gradient_norms(model, lr: torch.Tensor, target: torch.Tensor) -> dict[str, f
 def test_output_shapes(c):
     physics = fitted_physics(c, maps=1000, seed=c, rounded=True)
     grid = physics.grid
-    lr, _ = windows(physics, 3, seed=0)
+    lr, _ = rendered_windows(physics, 3, seed=0)
     output = get_model("dista_net", physics, **SMALL)(lr)
     assert output.hr.shape == (3, grid.hr_size, grid.hr_size)
     assert torch.isfinite(output.hr).all()
@@ -68,7 +58,7 @@ def test_every_parameter_gets_a_gradient(physics):
     """Default architecture, fixed mode: the kernel generators W1/W2 train like the rest."""
     torch.manual_seed(0)
     model = get_model("dista_net", physics)
-    lr, target = windows(physics, 2, seed=1)
+    lr, target = rendered_windows(physics, 2, seed=1)
     norms = gradient_norms(model, lr, target)
     assert len(norms) == 6 * 19
     assert [name for name, norm in norms.items() if not norm > 0] == []
@@ -79,7 +69,7 @@ def test_faithful_mode_never_trains_the_kernel_generators(physics):
     gradient, since the generated kernels are detached; every other parameter still does."""
     torch.manual_seed(0)
     model = get_model("dista_net", physics, **SMALL, faithful_dynamic_conv=True)
-    lr, target = windows(physics, SMALL["channels"], seed=2)
+    lr, target = rendered_windows(physics, SMALL["channels"], seed=2)
     norms = gradient_norms(model, lr, target)
     frozen = {name for name, norm in norms.items() if norm == 0}
     assert frozen == {f"phases.{k}.{name}" for k in range(SMALL["phases"]) for name in GENERATOR}
@@ -89,8 +79,8 @@ def test_fixed_mode_samples_are_independent(physics):
     """The output of sample 0 ignores the other samples of its batch (and the batch size)."""
     torch.manual_seed(0)
     model = get_model("dista_net", physics, **SMALL).double()
-    lr, _ = windows(physics, 4, seed=3, dtype=torch.float64)
-    other, _ = windows(physics, 4, seed=4, dtype=torch.float64)
+    lr, _ = rendered_windows(physics, 4, seed=3, dtype=torch.float64)
+    other, _ = rendered_windows(physics, 4, seed=4, dtype=torch.float64)
     changed = torch.cat([lr[:1], other[1:]])
     with torch.no_grad():
         reference = model(lr).hr[0]
@@ -103,8 +93,8 @@ def test_faithful_mode_mixes_samples(physics):
     other samples changes sample 0; batches other than 1 or ``channels`` cannot fuse."""
     torch.manual_seed(0)
     model = get_model("dista_net", physics, **SMALL, faithful_dynamic_conv=True).double()
-    lr, _ = windows(physics, 4, seed=3, dtype=torch.float64)
-    other, _ = windows(physics, 4, seed=4, dtype=torch.float64)
+    lr, _ = rendered_windows(physics, 4, seed=3, dtype=torch.float64)
+    other, _ = rendered_windows(physics, 4, seed=4, dtype=torch.float64)
     with torch.no_grad():
         moved = (model(torch.cat([lr[:1], other[1:]])).hr[0] - model(lr).hr[0]).abs().max()
         assert moved > 1e-3
@@ -168,7 +158,7 @@ def test_inference_skips_the_symmetry_pass(physics):
     """Under no_grad the map is the same and the residuals (a training term) are not computed."""
     torch.manual_seed(0)
     model = get_model("dista_net", physics, **SMALL)
-    lr, target = windows(physics, 2, seed=5)
+    lr, target = rendered_windows(physics, 2, seed=5)
     trained = model(lr)
     with torch.no_grad():
         inferred = model(lr)

@@ -12,10 +12,9 @@ import torch.multiprocessing as mp
 
 from physics_helpers import on_grid_windows
 from pipeline import distributed
-from pipeline.runtime import MethodSpec, build_method
-from pipeline.settings import TrainBudget
+from pipeline.method_specs import MethodSpec, build_method
+from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.training import train_method
-from pipeline.settings import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

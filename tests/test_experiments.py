@@ -11,8 +11,11 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.experiments import (budget_figure, budget_note, check_keys, collect, finished_experiments, load_group,
-                                  merge_runs, published_rows, queue_commands, to_markdown)
+from pipeline.experiments import (budget_note, check_keys, collect, finished_experiments, load_group, merge_runs,
+                                  published_rows, queue_commands)
+from pipeline.reports import budget_figure, experiments_markdown
+
+SCORES = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,10 +126,10 @@ def test_collect_keeps_the_newest_finished_run_and_the_published_row(tmp_path):
     assert set(finished) == {"ablations-i-a"}
     assert finished_experiments(shown, done={"ablations-v-2"}) == {}  # running: its baseline's metrics
     published = pd.DataFrame([{"table": "I", "row": "A", **{k: 51.55 for k in scores}}])
-    table = collect(group, finished, published, "reports/metrics")
+    table = collect(group, finished, published, "reports/metrics", SCORES)
     assert table.loc[0, "cso_map"] == 50.0 and table.loc[0, "cso_map_published"] == 51.55
     assert pd.isna(table.loc[1, "cso_map"]) and pd.isna(table.loc[1, "cso_map_published"])
-    text = to_markdown(table, "Ablations", ["note"])
+    text = experiments_markdown(table, "Ablations", ["note"], SCORES)
     assert "| I | A | 50.00 (51.55) |" in text
     assert "| V | noise sigma 2 | — |" in text
     assert table.loc[2, "cso_map"] == 50.0 and table.loc[2, "experiment"] == "ablations-i-a"
@@ -149,11 +152,11 @@ def test_a_mixed_group_scores_each_row_on_its_own_method_with_seed_spread_and_bu
                                               "m/ista_net.json": {"cso_map": 99.0}}, "timestamp": "t", "baseline": "a" * 40},
                 "curve-ista-1": {"metrics": {"m/ista_net.json": dict(scores, cso_map=20.0)}, "timestamp": "t",
                                  "baseline": "b" * 40}}
-    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv")
-    table = collect(group, finished, published, "m", params)
+    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv", SCORES)
+    table = collect(group, finished, published, "m", SCORES, params)
     assert list(table["method"]) == ["srcnn", "ista_net"] and list(table["cso_map"]) == [10.0, 20.0]
     assert list(table["train_windows"]) == [200, 64]  # the row's epochs, the profile's windows per epoch
-    text = to_markdown(table, "Curve", [])
+    text = experiments_markdown(table, "Curve", [], SCORES)
     assert "| VII | SRCNN | srcnn | 200 | 10.00 ± 1.50 (49.64) |" in text  # two seeds: mean ± std
     assert "| VII | ISTA-Net | ista_net | 64 | 20.00 (48.95) |" in text  # one seed: no spread
     assert "ista_net trained 1 epoch(s) x 64 windows" in budget_note(group, params)
@@ -230,7 +233,7 @@ def test_the_repository_groups_are_valid():
 
     groups = yaml.safe_load((ROOT / "experiments.yaml").read_text())
     params = read_params(ROOT / "params.yaml")
-    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv")
+    published = published_rows(ROOT / "reference/seqcsist_ablations.csv", ROOT / "reference/seqcsist_table7.csv", SCORES)
     known = set(zip(published["table"], published["row"]))
     in_table7 = set(pd.read_csv(ROOT / "reference/seqcsist_table7.csv")["method_id"])
     for name in groups:

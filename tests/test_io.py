@@ -162,8 +162,8 @@ def test_metrics_of_several_seeds_are_their_mean_with_the_std_beside():
              "ssim": 0.5, "fps": 100.0, "params": 7, "device": "cpu"},
             {"cso_map": 14.0, "ap05": 3.0, "ap10": 2.0, "ap15": 3.0, "ap20": 4.0, "ap25": 5.0, "psnr": 32.0,
              "ssim": 0.7, "fps": 300.0, "params": 7, "device": "cpu"}]
-    combined = combine_seeds(runs, [0, 1])
+    combined = combine_seeds(runs, [0, 1], ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25"))
     assert combined["cso_map"] == 12.0 and combined["cso_map_std"] == pytest.approx(2.0 ** 0.5 * 2.0)
     assert combined["ap10_std"] == 0.0 and combined["params"] == 7 and combined["seeds"] == 2
     assert combined["per_seed"]["1"]["cso_map"] == 14.0 and "psnr" not in combined["per_seed"]["1"]
-    assert combine_seeds(runs[:1], [0]) == runs[0]  # one seed: the metrics as they were
+    assert combine_seeds(runs[:1], [0], ("cso_map",)) == runs[0]  # one seed: the metrics as they were

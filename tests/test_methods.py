@@ -13,13 +13,12 @@ from pipeline.config import load_params
 from pipeline.data import Windows
 from pipeline.methods import (MethodOutput, PhysicsOperator, UnmixingMethod, available_models,
                               get_model, method_class, register_model)
-from pipeline.runtime import MethodSpec, method_spec
-from pipeline.settings import TrainBudget
+from pipeline.method_specs import MethodSpec, method_spec
+from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.training import train_method
-from pipeline.settings import TrainerConfig
 from pipeline.physics import build_phi_closed_form
 
-from physics_helpers import fitted_physics, sparse_maps
+from physics_helpers import fitted_physics, rendered_windows, sparse_maps
 
 SIZE, C, SIGMA = 11, 3, 0.5
 GRID = Grid(SIZE, C)
@@ -56,6 +55,18 @@ def dataset(phi) -> tuple[torch.Tensor, torch.Tensor]:
     x = sparse_maps(GRID, np.random.default_rng(1), 8)
     target = torch.as_tensor(x, dtype=torch.float32).reshape(8, GRID.hr_size, GRID.hr_size)
     return as_windows(x @ phi.T), target
+
+
+@pytest.fixture(scope="module", params=[3, 5], ids=["c3", "c5"])
+def physics_c(request) -> PhysicsOperator:
+    """The registry-wide tests' physics: every method at c = 3 and at c = 5 (frames 8-bit rounded)."""
+    return fitted_physics(request.param, rounded=True)
+
+
+@pytest.fixture(scope="module")
+def dataset_c(physics_c) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 windows (8, 5, m, m) rendered as Phi X at the physics' c, and their target maps."""
+    return rendered_windows(physics_c, 8, seed=1)
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -143,31 +154,31 @@ def test_physics_rejects_bad_shapes(phi):
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_forward_shape_and_finite(name, physics, dataset):
-    lr, _ = dataset
-    model = smoke(name, physics)
+def test_forward_shape_and_finite(name, physics_c, dataset_c):
+    lr, _ = dataset_c
+    model = smoke(name, physics_c)
     with torch.no_grad():
         output = model(lr[:4])
     assert isinstance(output, MethodOutput)
-    assert output.hr.shape == (4, GRID.hr_size, GRID.hr_size)
+    assert output.hr.shape == (4, physics_c.grid.hr_size, physics_c.grid.hr_size)
     assert torch.isfinite(output.hr).all()
 
 
 @pytest.mark.parametrize("name", available_models(trainable=True))
-def test_inference_gives_the_training_forward_map(name, physics, dataset):
+def test_inference_gives_the_training_forward_map(name, physics_c, dataset_c):
     """Evaluation runs under no_grad, where methods may skip loss-only work (the unfolding
     nets' symmetry residuals): the HR map must be the one the training forward gives."""
-    lr, _ = dataset
-    model = smoke(name, physics).eval()
+    lr, _ = dataset_c
+    model = smoke(name, physics_c).eval()
     recorded = model(lr[:3]).hr.detach()
     with torch.no_grad():
         torch.testing.assert_close(model(lr[:3]).hr, recorded)
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
-    lr, _ = dataset
-    model = smoke(name, physics)
+def test_single_frame_methods_use_only_the_middle_frame(name, physics_c, dataset_c):
+    lr, _ = dataset_c
+    model = smoke(name, physics_c)
     if model.window != 1:
         pytest.skip(f"{name} is multi-frame")
     scrambled = lr[:2].clone()
@@ -181,10 +192,10 @@ def test_single_frame_methods_use_only_the_middle_frame(name, physics, dataset):
 
 
 @pytest.mark.parametrize("name", available_models(trainable=True))
-def test_training_smoke(name, physics, dataset):
-    lr, target = dataset
+def test_training_smoke(name, physics_c, dataset_c):
+    lr, target = dataset_c
     torch.manual_seed(0)
-    model = smoke(name, physics)
+    model = smoke(name, physics_c)
     optimiser = torch.optim.Adam(model.generator_parameters(), lr=1e-3)
     losses = []
     for _ in range(30):
@@ -199,16 +210,16 @@ def test_training_smoke(name, physics, dataset):
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_physics_is_buffers_and_moves(name, physics, dataset):
-    lr, _ = dataset
+def test_physics_is_buffers_and_moves(name, physics_c, dataset_c):
+    lr, _ = dataset_c
     fast = method_class(name).smoke_params
-    model = get_model(name, physics, **fast)
+    model = get_model(name, physics_c, **fast)
     state = model.state_dict()
     assert {"physics.phi", "physics.qinit"} <= set(state)
     parameter_names = {key for key, _ in model.named_parameters()}
     assert not any(key.startswith("physics.") for key in parameter_names)
     assert model.trainable == bool(parameter_names)
-    model64 = get_model(name, PhysicsOperator(physics.phi.numpy(), physics.qinit.numpy()),
+    model64 = get_model(name, PhysicsOperator(physics_c.phi.numpy(), physics_c.qinit.numpy()),
                         **fast).to(torch.float64)
     with torch.no_grad():
         output = model64(lr[:2].double())
@@ -223,20 +234,20 @@ def test_physics_is_buffers_and_moves(name, physics, dataset):
 
 
 @pytest.mark.parametrize("name", available_models(trainable=True))
-def test_a_few_steps_through_the_one_trainer(name, physics, dataset, tmp_path):
+def test_a_few_steps_through_the_one_trainer(name, physics_c, dataset_c, tmp_path):
     """Every trainable method trains through train_method (generator and, for adversarial
     methods, discriminator steps): finite history and every trainable parameter updated."""
-    lr, target = dataset
+    lr, target = dataset_c
     windows = Windows(lr.numpy(), target.numpy(), np.arange(len(lr)), np.full(len(lr), 2))
     spec = MethodSpec(name, name, "", dict(method_class(name).smoke_params),
                       TrainBudget(epochs=2, windows_per_epoch=None, batch=4, lr=1e-3, weight_decay=0.0))
     trainer = TrainerConfig(device="cpu", seeds=(0,), mixed_precision=False, eval_batch=8, threads=0, val_windows=None)
     torch.manual_seed(0)
-    before = {key: value.clone() for key, value in smoke(name, physics).state_dict().items()}
-    result = train_method(spec, trainer, physics, windows, lambda model: 0.0, tmp_path / "c.pt",
+    before = {key: value.clone() for key, value in smoke(name, physics_c).state_dict().items()}
+    result = train_method(spec, trainer, physics_c, windows, lambda model: 0.0, tmp_path / "c.pt",
                           torch.device("cpu"), progress=False)
     assert len(result.history) == 2 and all(np.isfinite(row["train_loss"]) for row in result.history)
-    model = smoke(name, physics)
+    model = smoke(name, physics_c)
     trained = {key for key, p in model.named_parameters() if p.requires_grad}  # frozen ones (a perceptual VGG) excluded
     changed = {key for key in trained if not torch.equal(before[key], result.best_state[key])}
     assert changed == trained, f"parameters never updated: {sorted(trained - changed)}"

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.io import file_sha256
 from pipeline.methods.blocks.adversarial import VGGPerceptualLoss
 from repo_copy import commit_copy, run_in, tracked_copy
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 GANS = ("srgan", "esrgan", "bsrgan")
 
 
-def capped_paper_params(params: dict, vgg_file: str) -> dict:
+def capped_paper_params(params: dict, vgg_file: str, vgg_sha256: str) -> dict:
     """``params`` switched to the paper profile on the CPU with smoke-sized budgets."""
     params["profile"] = "paper"
     params["simulate"]["trajectories"] = 40
@@ -30,7 +31,7 @@ def capped_paper_params(params: dict, vgg_file: str) -> dict:
     params["stress"]["trajectories"] = {"laptop": 200, "paper": 8}
     params["stress"]["shifts"] = dict(list(params["stress"]["shifts"].items())[:2])
     for gan in GANS:
-        params["methods"][gan]["model"]["perceptual_weights"] = vgg_file
+        params["methods"][gan]["model"].update(perceptual_weights=vgg_file, perceptual_sha256=vgg_sha256)
     return params
 
 
@@ -39,7 +40,8 @@ def test_capped_paper_profile_runs_every_stage_of_every_method(tmp_path):
     vgg = clone / "vgg19-standin.pth"
     torch.save({f"features.{key}": value for key, value in VGGPerceptualLoss().layers.state_dict().items()}, vgg)
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    (clone / "params.yaml").write_text(yaml.safe_dump(capped_paper_params(params, vgg.name), sort_keys=False))
+    (clone / "params.yaml").write_text(yaml.safe_dump(capped_paper_params(params, vgg.name, file_sha256(vgg)),
+                                                      sort_keys=False))
     commit_copy(clone)
     run_in([sys.executable, "-m", "dvc", "repro"], clone)
     assert "changed" not in run_in([sys.executable, "-m", "dvc", "status"], clone)

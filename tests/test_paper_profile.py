@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, read_params, resolve_profile
 from pipeline.methods import method_class
-from pipeline.runtime import check_profile_requirements, method_spec
+from pipeline.method_specs import check_profile_requirements, method_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = pd.read_csv(ROOT / "reference/paper_settings.csv")

@@ -137,11 +137,11 @@ def test_stress_shifts_are_checked_simulate_variants(params):
 
 
 def test_stress_table_names_its_profile_and_rows():
-    from stages.stress import stress_table
+    from pipeline.reports import stress_markdown
 
     config = StressConfig("srcnn", 4, 8, 23, (("dim", {}, {}),))
     row = {"shift": "dim", "windows": 8, "grid_oracle": 48.5, "physfit_psf_sigma": 0.5,
            "methods": {"physfit": {"cso_map": 91.234}, "srcnn": {"cso_map": 40.0}}}
-    table = stress_table([row], {"physfit": "PhysFit", "srcnn": "SRCNN"}, "laptop", config)
+    table = stress_markdown([row], {"physfit": "PhysFit", "srcnn": "SRCNN"}, "laptop", config)
     assert "laptop profile; 4 test trajectories" in table and "seed 23" in table
     assert "| dim | 8 | 48.50 | 91.23 | 40.00 | 0.500 |" in table

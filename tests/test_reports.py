@@ -10,6 +10,7 @@ PUBLISHED = pd.DataFrame({
     "method": ["ISTA", "SRCNN", "DeRefNet"], "cso_map": [10.72, 49.64, 51.55], "ap05": [0.14, 1.4, 1.0],
     "ap10": [1.97, 16.3, 14.4], "ap15": [8.74, 51.2, 54.9], "ap20": [18.22, 85.0, 90.4], "ap25": [24.53, 94.3, 97.1],
     "params": [None, "15.84K", "0.89M"], "flops": ["398.57M", "0.35G", "15.70G"], "fps": [0.1, 102961, 367]})
+SCORES = ("cso_map", "ap05", "ap10", "ap15", "ap20", "ap25")
 ORACLE = {key: {"cso_map": 47.8, "ap05": 0.6, "ap10": 7.9, "ap15": 41.8, "ap20": 89.3, "ap25": 99.3}
           for key in ("brightness", "perfect_ranking")}
 
@@ -23,7 +24,7 @@ def test_table7_puts_ours_beside_published_grouped_by_family():
     results = {"srcnn": _result(40.123), "physfit": _result(95.5)}
     labels = {"srcnn": ("super_resolution", "SRCNN"), "physfit": ("beyond_the_papers", "PhysFit")}
     crb = {"cso_map": 65.7, "ap05": 46.9, "ap10": 60.8, "ap15": 68.1, "ap20": 74.1, "ap25": 78.5}
-    table = build_table7(results, labels, PUBLISHED, ORACLE, crb)
+    table = build_table7(results, labels, PUBLISHED, ORACLE, SCORES, crb)
     assert list(table["family"]) == ["traditional", "super_resolution", "multi_frame", "beyond_the_papers",
                                      "bound", "bound", "bound"]
     assert table.iloc[-1]["method"].startswith("Cramér-Rao bound") and table.iloc[-1]["cso_map"] == "65.70"
@@ -44,7 +45,7 @@ def test_table7_shows_mean_and_std_over_several_seeds_only():
     several = {**_result(40.0), "cso_map_std": 1.234, "ap05_std": 0.5, "seeds": 3}
     single = {**_result(30.0), "cso_map_std": 9.9}  # a std without several seeds is not shown
     table = build_table7({"srcnn": several, "ista": single}, {"srcnn": ("super_resolution", "SRCNN"),
-                                                             "ista": ("traditional", "ISTA")}, PUBLISHED, ORACLE)
+                                                             "ista": ("traditional", "ISTA")}, PUBLISHED, ORACLE, SCORES)
     srcnn = table[table["method"] == "SRCNN"].iloc[0]
     assert srcnn["cso_map"] == "40.00 ± 1.23 (49.64)" and srcnn["ap05"] == "1.00 ± 0.50 (1.40)"
     assert table[table["method"] == "ISTA"].iloc[0]["cso_map"] == "30.00 (10.72)"
@@ -58,7 +59,7 @@ def test_profile_label_names_profile_data_and_budgets():
 
 def test_a_new_family_needs_no_table_edit():
     results = {"toy": _result(12.0)}
-    table = build_table7(results, {"toy": ("brand_new_family", "Toy")}, PUBLISHED, ORACLE)
+    table = build_table7(results, {"toy": ("brand_new_family", "Toy")}, PUBLISHED, ORACLE, SCORES)
     assert list(table["family"])[-3:] == ["brand_new_family", "bound", "bound"]
     assert "| **Brand new family** |" in to_markdown(table, "T", [])
 

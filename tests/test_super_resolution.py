@@ -12,15 +12,10 @@ from pipeline.methods.blocks.super_resolution import (DownProjection, PixelShuff
                                                       UpProjection, deconv_upsampler,
                                                       projection_kernel, strided_downsampler)
 
-from physics_helpers import fitted_physics
+from physics_helpers import fitted_physics, random_windows
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 NAMES = ("edsr", "rdn", "espcn", "dbpn", "gmfn")
-
-
-def windows(batch: int, seed: int = 0) -> torch.Tensor:
-    """(batch, WINDOW, m, m) raw LR windows, 0-255."""
-    return torch.rand(batch, WINDOW, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 255
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -40,7 +35,7 @@ def test_family_and_label(name):
 def test_smoke_shapes_at_c3_and_c5(name, physics):
     model = get_model(name, physics, **method_class(name).smoke_params)
     side = physics.grid.hr_size
-    output = model(windows(3))
+    output = model(random_windows(3))
     assert output.hr.shape == (3, side, side)
     assert torch.isfinite(output.hr).all()
 
@@ -50,7 +45,7 @@ def test_default_architecture_shapes_at_c3_and_c5(name, physics):
     model = get_model(name, physics)
     side = physics.grid.hr_size
     with torch.no_grad():
-        assert model(windows(1)).hr.shape == (1, side, side)
+        assert model(random_windows(1)).hr.shape == (1, side, side)
 
 
 @pytest.mark.parametrize("name, count", [
@@ -76,7 +71,7 @@ def test_edsr_img_range_only_rescales_the_biases():
         for name, parameter in plain.named_parameters():
             if name.endswith("bias"):
                 parameter /= 255.0
-        lr = windows(2).double()
+        lr = random_windows(2).double()
         torch.testing.assert_close(scaled(lr).hr, plain(lr).hr, rtol=1e-10, atol=1e-9)
 
 
@@ -86,7 +81,7 @@ def test_edsr_img_range_only_rescales_the_biases():
 def test_gmfn_steps_and_loss(physics3):
     torch.manual_seed(1)
     model = get_model("gmfn", physics3, **{**method_class("gmfn").smoke_params, "steps": 3})
-    output = model(windows(2))
+    output = model(random_windows(2))
     steps = output.extras["steps"]
     assert len(steps) == 3 and output.hr is steps[-1]
     assert not torch.allclose(steps[0], steps[-1]), "feedback should change the later steps"
@@ -103,7 +98,7 @@ def test_gmfn_faithful_uses_the_first_step_only(physics3):
     fixed = get_model("gmfn", physics3, **smoke)
     faithful = get_model("gmfn", physics3, **smoke, faithful_first_step=True)
     faithful.load_state_dict(fixed.state_dict())
-    lr = windows(2)
+    lr = random_windows(2)
     first = fixed(lr).extras["steps"][0]
     output = faithful(lr)
     assert len(output.extras["steps"]) == 1

@@ -10,11 +10,10 @@ from pipeline.coords import Grid
 from pipeline.data import Windows
 from pipeline.methods import PhysicsOperator
 from pipeline.physics import build_phi_closed_form
-from pipeline.runtime import MethodSpec, build_method, method_spec
-from pipeline.settings import TrainBudget
+from pipeline.method_specs import MethodSpec, build_method, method_spec
+from pipeline.settings import TrainBudget, TrainerConfig
 from pipeline.sensor import Sensor
 from pipeline.training import TrainingError, epoch_order, seed_checkpoint, train_method
-from pipeline.settings import TrainerConfig
 
 from physics_helpers import on_grid_windows
 

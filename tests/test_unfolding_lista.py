@@ -13,18 +13,10 @@ from pipeline.methods.bid import convolution_matrix, gaussian_profile
 from pipeline.methods.blocks import soft_threshold
 from pipeline.methods.blocks.thresholds import hard_threshold, lipschitz_constant, support_selection_shrink
 
-from physics_helpers import fitted_physics, sparse_maps
+from physics_helpers import fitted_physics, rendered_windows
 
 SIZE, SIGMA, WINDOW = 11, 0.5, 5
 LEARNED = ["lista", "liht", "lamp", "tilista"]
-
-
-def windows(physics: PhysicsOperator, count: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count, 5, m, m) windows repeating Phi x, and the (count, c m, c m) maps x."""
-    grid = physics.grid
-    x = torch.as_tensor(sparse_maps(grid, np.random.default_rng(seed), count), dtype=torch.float32)
-    frames = physics.A(x).reshape(count, 1, SIZE, SIZE).repeat(1, WINDOW, 1, 1)
-    return frames, x.reshape(count, grid.hr_size, grid.hr_size)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("c", [3, 5])
 def test_output_shapes(name, c, physics, physics5):
     ops = physics if c == 3 else physics5
-    lr, target = windows(ops, 3)
+    lr, target = rendered_windows(ops, 3)
     model = get_model(name, ops, **method_class(name).smoke_params)
     output = model(lr)
     assert output.hr.shape == (3, 11 * c, 11 * c) == target.shape
@@ -103,7 +95,7 @@ def test_layers_are_independent_copies(physics):
 
 def test_lista_starts_as_the_preconditioned_gradient_iteration(physics):
     """With lam = 0 the untrained LISTA is K steps of x <- x + Q (y - Phi x) from x_0 = Q y."""
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     model = float64_model("lista", physics, layers=3, lam=0.0)
     ops = model.physics
     y = lr[:, WINDOW // 2].reshape(4, -1).double()
@@ -135,7 +127,7 @@ def test_init_from_phi(physics):
 
 
 def test_liht_init_and_faithful_identity(physics):
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     with torch.no_grad():
         liht = get_model("liht", physics, layers=3, threshold=0.0)
         lista = get_model("lista", physics, layers=3, lam=0.0)
@@ -152,7 +144,7 @@ def test_liht_init_and_faithful_identity(physics):
 
 def test_lamp_first_layer(physics):
     """Layer 1: v = y - Phi Q y (b v_0 = 0), x = soft(Q y + Phi^T v / L, ||v|| lambda / m)."""
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     model = float64_model("lamp", physics, layers=1)
     ops = model.physics
     y = lr[:, WINDOW // 2].reshape(4, -1).double()
@@ -166,7 +158,7 @@ def test_lamp_first_layer(physics):
 
 def test_lamp_onsager_term(physics):
     """Layer 2 uses v_2 = y - Phi x_1 + b v_1 with b = ||x_1||_0 / m^2."""
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     model = float64_model("lamp", physics, layers=2)
     ops = model.physics
     y = lr[:, WINDOW // 2].reshape(4, -1).double()
@@ -217,7 +209,7 @@ def test_support_selection_keeps_the_largest_entries():
 
 
 def test_variants_differ(physics):
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     with torch.no_grad():
         outputs = {name: get_model(name, physics, layers=4)(lr).hr for name in LEARNED}
     for a in LEARNED:
@@ -284,7 +276,7 @@ def test_bid_recovers_separated_targets(physics):
 
 
 def test_bid_batched_equals_one_by_one_and_stops(physics):
-    lr, _ = windows(physics, 4)
+    lr, _ = rendered_windows(physics, 4)
     lr = lr.double()
     lr[0] = 0.0  # a blank frame converges at once
     model = float64_model("bid", physics, iterations=300)
@@ -299,7 +291,7 @@ def test_bid_batched_equals_one_by_one_and_stops(physics):
 
 def test_bid_faithful_column_input(physics):
     """Shipped: cv2.resize of the 121x1 column to 11x11 reads pixel (i, 5) for every output (i, j)."""
-    lr, _ = windows(physics, 2)
+    lr, _ = rendered_windows(physics, 2)
     middle = lr[:, :, :, SIZE // 2:SIZE // 2 + 1].expand(-1, -1, -1, SIZE)
     faithful = get_model("bid", physics, iterations=5, faithful_column_input=True)
     fixed = get_model("bid", physics, iterations=5)

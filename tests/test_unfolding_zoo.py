@@ -12,7 +12,7 @@ from pipeline.methods.fistanet import FISTANetBlock
 from pipeline.physics import render_batch
 from pipeline.sensor import Sensor
 
-from physics_helpers import fitted_physics
+from physics_helpers import fitted_physics, random_windows
 
 SIZE, SIGMA = 11, 0.5
 NAMES = ["fista_net", "ista_net_pp", "usrnet", "rpcanet"]
@@ -21,11 +21,6 @@ NAMES = ["fista_net", "ista_net_pp", "usrnet", "rpcanet"]
 @pytest.fixture(scope="module")
 def physics() -> PhysicsOperator:
     return fitted_physics(3, maps=500, seed=3)
-
-
-def windows(batch: int, seed: int = 0) -> torch.Tensor:
-    """(batch, 5, m, m) random LR windows in raw counts."""
-    return torch.rand(batch, 5, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 120
 
 
 def count(model: torch.nn.Module) -> int:
@@ -37,7 +32,7 @@ def count(model: torch.nn.Module) -> int:
 def test_default_architecture_shapes(name, c):
     model = get_model(name, fitted_physics(c, maps=500, seed=c))
     with torch.no_grad():
-        output = model(windows(2))
+        output = model(random_windows(2, scale=120.0))
     assert output.hr.shape == (2, c * SIZE, c * SIZE)
     assert torch.isfinite(output.hr).all()
 
@@ -57,7 +52,7 @@ def test_fista_net_count_is_published_minus_unused_convs(physics):
 
 def test_fista_net_momentum_and_weight_tying(physics):
     model = get_model("fista_net", physics)
-    output = model(windows(2))
+    output = model(random_windows(2, scale=120.0))
     assert len(output.extras["sym"]) == len(output.extras["sparse"]) == 7
     assert (output.hr >= 0).all()  # ReLU output
     assert sum(isinstance(module, FISTANetBlock) for module in model.modules()) == 1  # tied
@@ -85,7 +80,7 @@ def test_ista_net_pp_condition_is_the_sensor_psf(physics):
     """The condition network reads the sensor's PSF std: another sensor, other step sizes."""
     torch.manual_seed(0)
     model = get_model("ista_net_pp", physics, phases=2, channels=4)
-    lr = windows(2)
+    lr = random_windows(2, scale=120.0)
     with torch.no_grad():
         before = model(lr).hr
         model.physics = physics.with_sensor(Sensor(psf_sigma=0.7))
@@ -125,7 +120,7 @@ def test_usrnet_hyperparameters_read_sensor_noise_and_ratio(physics):
     """HyPaNet's input is (sensor read noise / 255, c): a noisier sensor, other weights."""
     torch.manual_seed(0)
     model = get_model("usrnet", physics, iterations=2, channels=(4, 4, 8, 8), blocks=1, hidden=8)
-    lr = windows(2)
+    lr = random_windows(2, scale=120.0)
     with torch.no_grad():
         quiet = model(lr).hr
         model.physics = physics.with_sensor(physics.sensor.with_noise(5.0))
@@ -140,7 +135,7 @@ def test_rpcanet_faithful_fixed_input(physics):
     fixed = get_model("rpcanet", physics, **small).eval()
     faithful = get_model("rpcanet", physics, faithful_fixed_input=True, **small).eval()
     faithful.load_state_dict(fixed.state_dict())
-    lr = windows(2)
+    lr = random_windows(2, scale=120.0)
     with torch.no_grad():
         observation = fixed(lr).extras["observation"].unsqueeze(1)
         d, t = observation, torch.zeros_like(observation)

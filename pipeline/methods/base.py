@@ -121,7 +121,10 @@ class UnmixingMethod(nn.Module):
     method's business: :meth:`loss` returns the total and its named components.
     ``paper_requires``: constructor params that must be set (not None) in the paper profile,
     because the published numbers depend on them, each with what it must hold (the GANs'
-    pretrained perceptual network).
+    pretrained perceptual network). ``weight_files``: constructor params that receive the tensors
+    of a fixed, pretrained network, each mapped to the params key of its file's sha256: params.yaml
+    gives the file's path and sha256 (the file's declared identity: a new sha256 re-runs the
+    stage, a file that no longer matches stops it), the stages read it, the method gets tensors.
     """
 
     trainable: bool = True
@@ -131,6 +134,7 @@ class UnmixingMethod(nn.Module):
     label: str = ""
     smoke_params: ClassVar[dict] = {}
     paper_requires: ClassVar[Mapping[str, str]] = {}
+    weight_files: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, physics: PhysicsOperator) -> None:
         super().__init__()

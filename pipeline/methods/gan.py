@@ -10,8 +10,9 @@ Fixed against the reference (§10 B8): generators take (B, 1, m, m) maps (not fl
 upsample x c natively; the perceptual loss sees (B, 1, c m, c m) maps repeated to 3 channels
 (not a broadcast flat tensor) scaled to [0, 1]. No ``faithful`` switch: the shipped code cannot
 run these networks unpatched. Without pretrained VGG19 weights (no downloads here) the
-perceptual term uses a randomly initialised VGG19 unless ``perceptual_weights`` names a file;
-``perceptual_source`` says which.
+perceptual term uses a randomly initialised VGG19 unless ``perceptual_weights`` is given (the
+tensors of a torchvision VGG19 state_dict; params.yaml names its file and sha256, the stages
+read it); ``perceptual_source`` says which.
 
 Published parameter counts (Table VII) are generator + discriminator + the perceptual VGG19
 truncated at conv5_4 (20,024,384), which our counts reproduce exactly; the tables count only
@@ -19,7 +20,7 @@ the generator (the network that is evaluated).
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -42,12 +43,13 @@ class _AdversarialSR(UnmixingMethod):
 
     family = "super_resolution"
     relativistic: ClassVar[bool] = False
-    paper_requires = {"perceptual_weights": "a torchvision VGG19 ImageNet state_dict file (vgg19-dcbb9e9d.pth): "
-                                            "the published rows use an ImageNet-trained VGG19"}
+    paper_requires = {"perceptual_weights": "a torchvision VGG19 ImageNet state_dict file (vgg19-dcbb9e9d.pth) with its "
+                                            "sha256 in perceptual_sha256: the published rows use an ImageNet-trained VGG19"}
+    weight_files = {"perceptual_weights": "perceptual_sha256"}
 
     def __init__(self, physics: PhysicsOperator, discriminator: nn.Module, pixel_weight: float,
                  perceptual_weight: float, adversarial_weight: float, perceptual_layer: int,
-                 perceptual_weights: str | None, perceptual_scale: float) -> None:
+                 perceptual_weights: Mapping[str, torch.Tensor] | None, perceptual_scale: float) -> None:
         super().__init__(physics)
         self.discriminator = discriminator
         self.perceptual = VGGPerceptualLoss(perceptual_layer, perceptual_weights, perceptual_scale)
@@ -122,7 +124,7 @@ class SRGAN(_AdversarialSR):
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 16,
                  discriminator_channels: int = 64, pixel_weight: float = 1e-2,
                  perceptual_weight: float = 1.0, adversarial_weight: float = 5e-3,
-                 perceptual_layer: int = 34, perceptual_weights: str | None = None,
+                 perceptual_layer: int = 34, perceptual_weights: Mapping[str, torch.Tensor] | None = None,
                  perceptual_scale: float = 255.0) -> None:
         super().__init__(physics, VGGStyleDiscriminator(physics.grid.hr_size, discriminator_channels),
                          pixel_weight, perceptual_weight, adversarial_weight, perceptual_layer,
@@ -156,7 +158,7 @@ class _RRDBGenerator(_AdversarialSR):
 
     def __init__(self, physics: PhysicsOperator, discriminator: nn.Module, channels: int,
                  blocks: int, growth: int, pixel_weight: float, perceptual_weight: float,
-                 adversarial_weight: float, perceptual_layer: int, perceptual_weights: str | None,
+                 adversarial_weight: float, perceptual_layer: int, perceptual_weights: Mapping[str, torch.Tensor] | None,
                  perceptual_scale: float) -> None:
         super().__init__(physics, discriminator, pixel_weight, perceptual_weight, adversarial_weight,
                          perceptual_layer, perceptual_weights, perceptual_scale)
@@ -195,7 +197,7 @@ class ESRGAN(_RRDBGenerator):
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 23,
                  growth: int = 32, discriminator_channels: int = 64, pixel_weight: float = 1e-2,
                  perceptual_weight: float = 1.0, adversarial_weight: float = 5e-3,
-                 perceptual_layer: int = 34, perceptual_weights: str | None = None,
+                 perceptual_layer: int = 34, perceptual_weights: Mapping[str, torch.Tensor] | None = None,
                  perceptual_scale: float = 255.0) -> None:
         super().__init__(physics, VGGStyleDiscriminator(physics.grid.hr_size, discriminator_channels),
                          channels, blocks, growth, pixel_weight, perceptual_weight,
@@ -221,7 +223,7 @@ class BSRGAN(_RRDBGenerator):
     def __init__(self, physics: PhysicsOperator, channels: int = 64, blocks: int = 16,
                  growth: int = 32, discriminator_channels: int = 64, pixel_weight: float = 1e-2,
                  perceptual_weight: float = 1.0, adversarial_weight: float = 5e-3,
-                 perceptual_layer: int = 34, perceptual_weights: str | None = None,
+                 perceptual_layer: int = 34, perceptual_weights: Mapping[str, torch.Tensor] | None = None,
                  perceptual_scale: float = 255.0) -> None:
         super().__init__(physics, UNetDiscriminator(discriminator_channels), channels, blocks,
                          growth, pixel_weight, perceptual_weight, adversarial_weight,

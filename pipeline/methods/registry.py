@@ -40,6 +40,16 @@ def _lookup(name: str) -> type[UnmixingMethod]:
     return _REGISTRY[name]
 
 
+def constructor_parameters(cls: type[UnmixingMethod]) -> list[str] | None:
+    """The keyword parameters of ``cls``'s constructor after ``physics``, in order; None when it
+    takes any keyword (``**settings``)."""
+    parameters = list(inspect.signature(cls).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                     inspect.Parameter.KEYWORD_ONLY)]
+
+
 def get_model(name: str, physics: PhysicsOperator, **params) -> UnmixingMethod:
     """Build the method ``name`` on ``physics`` with constructor keyword ``params``.
 
@@ -47,12 +57,8 @@ def get_model(name: str, physics: PhysicsOperator, **params) -> UnmixingMethod:
     method and the offending keys for parameters its constructor does not take.
     """
     cls = _lookup(name)
-    signature = inspect.signature(cls)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if not accepts_any:
-        accepted = [p.name for p in list(signature.parameters.values())[1:]
-                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                  inspect.Parameter.KEYWORD_ONLY)]
+    accepted = constructor_parameters(cls)
+    if accepted is not None:
         unexpected = sorted(set(params) - set(accepted))
         if unexpected:
             raise TypeError(f"method {name!r} got unexpected parameter(s) {', '.join(unexpected)}; "

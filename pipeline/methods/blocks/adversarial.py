@@ -7,8 +7,7 @@ normalised except inside the perceptual loss, which rescales for the VGG only.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -207,17 +206,17 @@ class VGGPerceptualLoss(nn.Module):
     scale, so targets of 220-250 land near the [0, 1] range the network expects), repeated to 3
     channels, then normalised with the ImageNet mean and std. The reference fed raw values.
 
-    Weights: ``weights`` names a file holding a torchvision VGG19 state_dict (``features.<i>.*``
-    keys; the classifier is ignored) or a state_dict of these layers alone (``<i>.*``). Without
-    one, the network keeps torchvision's VGG initialisation (Kaiming-normal fan-out, zero bias):
-    a random-feature loss. ``source`` says which, for table headers. The VGG is frozen (its
+    Weights: ``weights`` is a torchvision VGG19 state_dict (``features.<i>.*`` keys; the
+    classifier is ignored) or a state_dict of these layers alone (``<i>.*``), as tensors (the
+    stages read the file). Without one, the network keeps torchvision's VGG initialisation
+    (Kaiming-normal fan-out, zero bias): a random-feature loss. ``source`` says which. The VGG is frozen (its
     parameters have requires_grad False and are never optimised); 20,024,384 of them at 34.
     Being a fixed input rather than something trained, it is left out of every state_dict
     (checkpoints, best weights, the model file: 80 MB less each) and kept as built when a
     state_dict without it is loaded.
     """
 
-    def __init__(self, layer: int = 34, weights: str | Path | None = None, scale: float = 255.0) -> None:
+    def __init__(self, layer: int = 34, weights: Mapping[str, torch.Tensor] | None = None, scale: float = 255.0) -> None:
         super().__init__()
         configuration = vgg19_layers()
         depth = sum(1 if entry == "M" else 2 for entry in configuration)
@@ -242,21 +241,18 @@ class VGGPerceptualLoss(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
         if weights is not None:
-            self.layers.load_state_dict(self._read(Path(weights), layer))
+            self.layers.load_state_dict(self._layers_of(weights, layer))
         self.layers.requires_grad_(False)
         self.scale = float(scale)
-        self.source = f"VGG19 weights {Path(weights).name}" if weights is not None else "untrained VGG19"
+        self.source = "pretrained VGG19 weights" if weights is not None else "untrained VGG19"
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
         self._register_state_dict_hook(_leave_out_frozen_layers)
         self.register_load_state_dict_pre_hook(_keep_frozen_layers)
 
     @staticmethod
-    def _read(path: Path, layer: int) -> dict:
-        """The entries of layers 0..layer from a VGG19 state_dict file (either key style)."""
-        if not path.is_file():
-            raise FileNotFoundError(f"perceptual VGG19 weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def _layers_of(state: Mapping[str, torch.Tensor], layer: int) -> dict:
+        """The entries of layers 0..layer of a VGG19 state_dict (either key style)."""
         kept = {}
         for key, value in state.items():
             name = key.removeprefix("features.")

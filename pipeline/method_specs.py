@@ -1,4 +1,4 @@
-"""The one place that turns params.yaml entries into runnable methods.
+"""Method specs: the one place that turns params.yaml ``methods`` entries into runnable methods.
 
 ``methods.<id>`` in params.yaml names a registered method, the file under ``pipeline/methods`` that
 registers it (DVC's per-method dependency), its constructor params (``model``) and, for trainable
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,11 +19,12 @@ import torch
 
 from pipeline.config import ConfigError, check_integer, check_number, register_section_check, require
 from pipeline.methods import PhysicsOperator, UnmixingMethod, available_models, get_model, method_class
-from pipeline.methods.registry import method_module
+from pipeline.methods.registry import constructor_parameters, method_module
 from pipeline.priors import ScenePriors
 from pipeline.settings import TrainBudget
-from pipeline.stage_io import load_state
+from pipeline.stage_io import load_state, load_weights_file
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
 PROPOSAL_PREFIX = "physfit_"  # physfit_<network>: PhysFit seeded by a trained network's HR maps
 PROPOSAL_METHOD = "physfit"
 
@@ -54,12 +56,19 @@ def _check_model_params(cls: type, model: Mapping, key: str) -> None:
     an unknown parameter, or a value of another kind than the parameter's default (a list for a
     tuple default, true/false for a bool, an integer for an int, a number for a float), is a
     ConfigError naming ``methods.<id>.model.<param>``."""
-    parameters = dict(list(inspect.signature(cls.__init__).parameters.items())[2:])  # self, physics
-    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        known = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        unknown = sorted(set(model) - set(known))
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]} is not a parameter of {cls.__name__}; known: {', '.join(known)}")
+    known = constructor_parameters(cls)
+    known = None if known is None else [*known, *cls.weight_files.values()]
+    unknown = sorted(set(model) - set(known or model))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]} is not a parameter of {cls.__name__}; known: {', '.join(known)}")
+    for name, sha_key in cls.weight_files.items():
+        path, sha256 = model.get(name), model.get(sha_key)
+        require(path is None or (isinstance(path, str) and path != ""), f"{key}.{name}", path,
+                "null, or the path of a torch state_dict file")
+        require(path is None or (isinstance(sha256, str) and SHA256.fullmatch(sha256) is not None),
+                f"{key}.{sha_key}", sha256, f"the sha256 (64 hex digits) of {key}.{name} is required with it "
+                f"(`sha256sum {path}`): it is the file's declared identity for DVC")
+    parameters = inspect.signature(cls).parameters
     for name, value in model.items():
         default = parameters[name].default if name in parameters else inspect.Parameter.empty
         if isinstance(default, bool):
@@ -120,7 +129,9 @@ def check_profile_requirements(spec: MethodSpec, profile: str) -> None:
     for name, what in method_class(spec.name).paper_requires.items():
         if spec.model.get(name) is None:
             raise ConfigError(f"methods.{spec.id}.model.{name} is required in the paper profile (the published "
-                              f"numbers depend on it): {what}; declared with `-S methods.{spec.id}.model.{name}=<path>`")
+                              f"numbers depend on it): {what}; declared with `-S methods.{spec.id}.model.{name}=<path>`"
+                              + "".join(f" -S methods.{spec.id}.model.{sha}=<its sha256>"
+                                        for param, sha in method_class(spec.name).weight_files.items() if param == name))
 
 
 def proposal_of(method_id: str, methods: Mapping) -> str | None:
@@ -131,12 +142,21 @@ def proposal_of(method_id: str, methods: Mapping) -> str | None:
 
 
 def build_method(spec: MethodSpec, physics: PhysicsOperator, device: torch.device | str = "cpu",
-                 **objects: Any) -> UnmixingMethod:
+                 weight_files: bool = True, **objects: Any) -> UnmixingMethod:
     """The method of ``spec`` on ``physics`` and ``device``; ``objects`` are pipeline-made
-    constructor arguments (e.g. a proposal network). A TypeError or ValueError raised by the
-    constructor (a bad parameter value) becomes a ConfigError naming ``methods.<id>.model``."""
+    constructor arguments (e.g. a proposal network). The method's weight files (its
+    ``weight_files``: path and sha256 in ``methods.<id>.model``) are read here and passed as
+    tensors, or, with ``weight_files`` False (evaluation: a frozen pretrained network belongs to
+    the training loss and is not saved with the model), left out. A TypeError or ValueError
+    raised by the constructor (a bad parameter value) becomes a ConfigError naming
+    ``methods.<id>.model``."""
+    model_params = dict(spec.model)
+    for name, sha_key in method_class(spec.name).weight_files.items():
+        path, sha256 = model_params.get(name), model_params.pop(sha_key, None)
+        model_params[name] = (load_weights_file(path, sha256, f"methods.{spec.id}.model.{name}")
+                              if path is not None and weight_files else None)
     try:
-        model = get_model(spec.name, physics, **spec.model, **objects)
+        model = get_model(spec.name, physics, **model_params, **objects)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"methods.{spec.id}.model = {spec.model!r} is invalid: {type(exc).__name__}: {exc}") from exc
     return model.to(device)
@@ -164,7 +184,7 @@ def build_for_evaluation(method_id: str, methods: Mapping, physics: PhysicsOpera
         spec = method_spec(methods, PROPOSAL_METHOD)
         return build_method(spec, physics, device, proposal=proposal, **_prior_objects(spec, priors))
     spec = method_spec(methods, method_id)
-    model = build_method(spec, physics, device, **_prior_objects(spec, priors))
+    model = build_method(spec, physics, device, weight_files=False, **_prior_objects(spec, priors))
     if spec.trainable:
         load_state(model, spec.id, model_path(models, spec.id), seed)
     return model
