@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 from pipeline.config import ConfigError, build_config, check_choice, check_integer, load_params, require, section
 from pipeline.settings import EvaluateConfig
@@ -39,6 +40,8 @@ DATA = {"phi": Path("data/phi.npy"), "qinit": Path("data/qinit.npy"), "frames": 
         "targets": Path("data/dataset/targets.parquet"), "split": Path("data/split.parquet")}
 CURVE_COLUMNS = ["epoch", "windows", "cpu_seconds", "wall_seconds", "lr", "train_loss", "val_cso_map"]
 RUN_TABLES = ("converged", "ablations")
+EXPERIMENTS, ABLATIONS = Path("experiments.yaml"), "ablations"
+FULL_MODEL_ROW = ("I", "A (zeta=1 beta=0.01 gamma=0.01)")  # the published full model (reference/seqcsist_ablations.csv)
 FLAT_GAIN = 0.5  # CSO-mAP: a curve has flattened when its last doubling of windows added less
 
 
@@ -54,14 +57,37 @@ def _check_model(key: str, value: Any) -> Mapping:
     return dict(value)
 
 
+def _check_ablation(key: str, value: Any) -> str:
+    require(isinstance(value, str) and value != "", key, value, f"the id of a row of {EXPERIMENTS}'s {ABLATIONS} group")
+    return value
+
+
+def ablation_row(row_id: str, method: str, key: str):
+    """The row ``row_id`` of experiments.yaml's ablations group and its ``methods.<method>.model``
+    changes; a row that sets anything else (the data, the sensor) is a ConfigError."""
+    from pipeline.experiments import load_group
+
+    group = load_group(EXPERIMENTS, ABLATIONS)
+    row = next((r for r in group.rows if r.id == row_id), None)
+    require(row is not None, key, row_id, f"a row id of {EXPERIMENTS} {ABLATIONS}: {', '.join(r.id for r in group.rows)}")
+    source = next(r for r in group.rows if r.id == row.same_as) if row.same_as else row
+    prefix = f"methods.{method}.model."
+    other = sorted(k for k in source.set if not k.startswith(prefix))
+    require(not other, key, row_id, f"the row changes {', '.join(other)}: long runs train on the committed dataset, so "
+                                    "rows that change the data run as DVC experiments (python -m pipeline.experiments)")
+    return row, {k[len(prefix):]: v for k, v in source.set.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class LongRun:
     """One ``long_runs.<id>`` entry: the ``methods`` entry whose architecture is trained
     (``method``, default the id), its ``train`` budget (the keys of ``methods.<id>.train``),
     the training ``seed``, CPU ``threads``, ``val_windows`` scored after every epoch and
-    ``model``: keys of ``methods.<method>.model`` changed for this run (an ablation row);
-    ``table``: the report it belongs to, ``converged`` (Table VII at its plateau) or
-    ``ablations`` (the ablation budget's seeds and rows)."""
+    ``model``: keys of ``methods.<method>.model`` changed for this run; ``ablation``: the id of a
+    row of experiments.yaml's ``ablations`` group whose model changes this run trains (a row that
+    changes the data is refused: long runs train on the committed dataset); ``table``: the report
+    it belongs to, ``converged`` (Table VII at its plateau) or ``ablations`` (the ablation budget's
+    seeds and rows, reports/tables/ablations_cpu.md)."""
 
     id: str
     method: str
@@ -70,6 +96,7 @@ class LongRun:
     threads: int = 1
     val_windows: int = 512
     model: Mapping = dataclasses.field(default_factory=dict)
+    ablation: str | None = None
     table: str = "converged"
 
     @classmethod
@@ -87,6 +114,7 @@ class LongRun:
             "threads": lambda k, v: check_integer(k, v, 0),
             "val_windows": lambda k, v: check_integer(k, v, 1),
             "model": _check_model,
+            "ablation": lambda k, v: v if v is None else _check_ablation(k, v),
             "table": lambda k, v: check_choice(k, v, RUN_TABLES),
         })
 
@@ -127,8 +155,11 @@ def _spec(run: LongRun, methods: Mapping):
 
     require(run.method in methods, f"long_runs.{run.id}.method", run.method, "a key of params.yaml methods")
     entry = dict(methods[run.method])
-    if run.model:  # checked by method_spec like the entry's own model keys
-        entry["model"] = {**(entry.get("model") or {}), **run.model}
+    changes = dict(run.model)
+    if run.ablation is not None:
+        changes = {**ablation_row(run.ablation, run.method, f"long_runs.{run.id}.ablation")[1], **changes}
+    if changes:  # checked by method_spec like the entry's own model keys
+        entry["model"] = {**(entry.get("model") or {}), **changes}
     base = method_spec({**methods, run.method: entry}, run.method)
     require(base.trainable, f"long_runs.{run.id}.method", run.method, "a trainable method of params.yaml methods")
     budget = TrainBudget.from_section(run.train, f"long_runs.{run.id}.train")
@@ -311,6 +342,35 @@ def report(tables: Path = Path("reports/tables"), figures: Path = Path("reports/
         tmp.write_text(converged_markdown(rows, FLAT_GAIN))
     draw_learning_curves(curves, figures / "long_runs.png",
                          {row["method"]: row["published"] for row in rows if row["published"] is not None})
+    ablations_report(params, tables / "ablations_cpu.md")
+
+
+def ablations_report(params: Mapping, out: Path, reference: Path = Path("reference/seqcsist_ablations.csv")) -> None:
+    """reports/tables/ablations_cpu.md from the scored long runs of table ``ablations``: the full
+    model's seeds (no ablation row, no model change) and one line per ablation row."""
+    from pipeline.reports import ablations_cpu_markdown
+
+    published = pd.read_csv(reference).set_index(["table", "row"])["cso_map"] if reference.is_file() else pd.Series()
+    runs = [LongRun.from_section(section(params, "long_runs"), run_id) for run_id in section(params, "long_runs")]
+    runs = [run for run in runs if run.table == "ablations"]
+    if not runs:
+        return
+    scored = {run.id: read_json(run.test)["cso_map"] for run in runs if run.test.is_file()}
+    full = [scored[run.id] for run in runs if run.ablation is None and not run.model and run.id in scored]
+    by_row: dict[str, list[float]] = {}
+    for run in runs:
+        if run.ablation is not None:
+            by_row.setdefault(run.ablation, []).extend([scored[run.id]] if run.id in scored else [])
+    rows = []
+    for row_id, values in by_row.items():
+        row, _ = ablation_row(row_id, runs[0].method, "long_runs.*.ablation")
+        rows.append({"table": row.table, "row": row.row, "ours": float(np.mean(values)) if values else None,
+                     "seeds": len(values), "published": published.get((row.table, row.row))})
+    budget = runs[0].train
+    words = (f"{budget['epochs']} x {budget['windows_per_epoch']:,} windows, batch {budget['batch']}, "
+             f"{budget.get('schedule', 'constant')} lr from {budget['lr']:g}, one CPU thread")
+    with atomic_path(out) as tmp:
+        tmp.write_text(ablations_cpu_markdown(full, rows, words, published.get(FULL_MODEL_ROW)))
 
 
 def main(argv: list[str] | None = None) -> None:

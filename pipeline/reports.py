@@ -386,3 +386,38 @@ def table7_notes(profile: str, evaluate, frames: int, devices: Sequence[str], se
             f"motion prior; clipped pixels censored), ranked perfectly; median bound {crb['median_bound_px']:.3f} px, "
             f"{100 * crb['unlocatable_fraction']:.1f}% of targets without a finite bound (counted as missed). "
             "Methods that use priors or several frames can pass it; see README."]
+
+
+def ablations_cpu_markdown(full: Sequence[float], rows: Sequence[Mapping], budget: str, published_full: float | None
+                           ) -> str:
+    """reports/tables/ablations_cpu.md: the ablation rows trained as long runs at one CPU budget.
+
+    ``full``: the full model's test CSO-mAP, one per seed; ``rows``: per ablation row its
+    ``table``, ``row``, ``ours`` (test CSO-mAP, mean over its seeds), ``seeds`` and ``published``;
+    ``budget``: the training budget in words. A row's effect is its difference from the full
+    model's mean; it is resolved when larger than twice the full model's seed std (sample, ddof 1;
+    two or more seeds needed), and its sign is compared with the paper's effect (the published
+    row minus the published full model, ``published_full``)."""
+    mean = float(np.mean(full)) if len(full) else None
+    spread = float(np.std(full, ddof=1)) if len(full) > 1 else None
+    lines = ["# Ablations at the CPU ablation budget (long runs)", "",
+             f"Budget: {budget}. Scored on the whole test split. Full model (Table I A): "
+             + ("not run yet" if mean is None else
+                f"{', '.join(f'{v:.2f}' for v in full)} over {len(full)} seed(s), mean {mean:.2f}"
+                + ("" if spread is None else f" ± {spread:.2f} (sample std)"))
+             + (f"; published {published_full:.2f}." if published_full is not None else "."),
+             "Resolved: |ours - full mean| > 2 x the full model's seed std. Regenerate with "
+             "`python -m pipeline.long_run report`.", "",
+             "| table | row | ours | seeds | effect (ours) | published | effect (paper) | resolved | paper's sign |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ours, paper = row.get("ours"), row.get("published")
+        effect = None if ours is None or mean is None else ours - mean
+        paper_effect = None if paper is None or published_full is None else paper - published_full
+        resolved = "—" if effect is None or spread is None else ("yes" if abs(effect) > 2 * spread else "no")
+        sign = ("—" if effect is None or paper_effect is None else
+                "yes" if (effect > 0) == (paper_effect > 0) else "no")
+        cell = lambda v, signed=False: "—" if v is None else (f"{v:+.2f}" if signed else f"{v:.2f}")  # noqa: E731
+        lines.append(f"| {row['table']} | {row['row']} | {cell(ours)} | {row.get('seeds', 0)} | {cell(effect, True)} | "
+                     f"{cell(paper)} | {cell(paper_effect, True)} | {resolved} | {sign} |")
+    return "\n".join(lines) + "\n"

@@ -171,7 +171,7 @@ DATA_KEY_CHANGES = {
     "simulate": {"seed": 1, "trajectories": 13, "frames": 12, "k_min": 3, "k_max": 3, "distance": 0.25,
                  "layout": "disc", "step": 0.05, "drift_max": 0.001, "brightness": [200.0, 250.0],
                  "curves": ["line"], "line_slope_max": 0.4, "quadratic_curvature_max": 0.2,
-                 "circle_radius": [3.0, 7.0], "background": "clutter", "background_dir": None,
+                 "circle_radius": [3.0, 7.0], "background": "clutter", "background_dir": "other_backgrounds",
                  "clutter": {"level": [5.0, 20.0], "amplitude": 3.0, "correlation": 2.0}},
     "phi": {"c": 5, "epsabs": 1.0e-12, "epsrel": 1.0e-10},
 }
@@ -193,13 +193,21 @@ def test_every_data_key_is_seen_by_dvc_and_reruns_its_stage(fresh_clone):
             stage = "phi" if section == "phi" else "simulate"
             for key, value in changes.items():
                 if section == "simulate" and key == "background_dir":
-                    continue  # read only with background: images (a folder of images); see test_bad_inputs
+                    (fresh_clone / value).mkdir(exist_ok=True)  # a declared dep: the folder must exist
+                    (fresh_clone / value / "README.md").write_text("another folder of background images\n")
                 params = yaml.safe_load(original)
                 params[section][key] = value
                 params_path.write_text(yaml.safe_dump(params, sort_keys=False))
                 assert "changed" in _run(dvc + ["status", stage], fresh_clone), f"{section}.{key}"
                 ran = _ran_stages(_run(dvc + ["repro", "-s", stage], fresh_clone))
                 assert stage in ran, f"{section}.{key} changed but {stage} was not re-run"
+        # the images themselves are a dependency: a new image in the folder re-runs the stage
+        params_path.write_text(original)
+        _run(dvc + ["repro", "simulate"], fresh_clone)
+        folder = fresh_clone / yaml.safe_load(original)["simulate"]["background_dir"]
+        (folder / "new.png").write_bytes(b"not read unless background: images")
+        assert "changed" in _run(dvc + ["status", "simulate"], fresh_clone), "a new background image went unseen"
+        (folder / "new.png").unlink()
     finally:
         params_path.write_text(original)
         _run(dvc + ["repro", "phi", "simulate"], fresh_clone)
