@@ -182,7 +182,7 @@ def test_bad_background_folders_name_the_file(small_simulate, sensor, tmp_path, 
 
 def test_image_background_needs_a_folder(small_simulate):
     with pytest.raises(ConfigError, match="simulate.background_dir = None is invalid"):
-        SimulateConfig.from_section({**small_simulate, "background": "images"})
+        SimulateConfig.from_section({**small_simulate, "background": "images", "background_dir": None})
     with pytest.raises(ConfigError, match="simulate.background = 'sky'"):
         SimulateConfig.from_section({**small_simulate, "background": "sky"})
     with pytest.raises(ConfigError, match="simulate.clutter.correlation"):
