@@ -34,10 +34,11 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from pipeline.config import PROFILES, ConfigError, read_params, read_yaml, require, resolve_profile, with_overrides
+from pipeline.config import (PROFILES, ConfigError, check_number_list, read_params, read_yaml, require, resolve_profile,
+                             section, with_overrides)
 from pipeline.io import atomic_path
 from pipeline.reports import budget_figure, experiments_markdown
-from pipeline.settings import EvaluateConfig
+from pipeline.settings import score_keys
 
 FIGURES = ("budget",)  # a group's optional figure: CSO-mAP against training windows, one line per method
 _ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -307,8 +308,9 @@ def budget_note(group: Group, params: Mapping) -> str:
 
 
 def score_keys_of(params: Mapping) -> tuple[str, ...]:
-    """cso_map and the AP keys of params.yaml's evaluation protocol (active profile)."""
-    return EvaluateConfig.from_section(resolve_profile(params).get("evaluate", {})).score_keys
+    """cso_map and the AP keys of params.yaml's ``evaluate.distance_thresholds`` (active profile)."""
+    thresholds = section(resolve_profile(params), "evaluate").get("distance_thresholds")
+    return score_keys(check_number_list("evaluate.distance_thresholds", thresholds, 0.0, strict=True))
 
 
 def published_rows(ablations: Path, table7: Path, scores: Sequence[str]) -> pd.DataFrame:

@@ -201,7 +201,8 @@ def test_queue_two_experiments_run_them_and_collect(tmp_path):
         return done.stdout
 
     (tmp_path / "stage.py").write_text(TOY_STAGE)
-    (tmp_path / "params.yaml").write_text("methods:\n  toy:\n    gain: 1.0\n")
+    (tmp_path / "params.yaml").write_text("methods:\n  toy:\n    gain: 1.0\n"
+                                          "evaluate:\n  distance_thresholds: [0.05, 0.1, 0.15, 0.2, 0.25]\n")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"vars": [{"paths": {"metrics": "reports/metrics"}}], "stages": {
         "toy": {"cmd": "python stage.py", "deps": ["stage.py"], "params": ["methods.toy"],
                 "metrics": [{"reports/metrics/toy.json": {"cache": False}}]}}}))
